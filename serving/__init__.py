@@ -1,0 +1,1 @@
+"""Online half: the FastAPI app serving the registry's production model."""
