@@ -201,8 +201,25 @@ def generate(rows: int, seed: int) -> Sample:
     return Sample(listings=df, clean_price=clean)
 
 
-def write_csv(df: pd.DataFrame, out: Path) -> None:
-    """Write listings as CSV byte-for-byte reproducibly, atomically (temp file + rename)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False, float_format="%.1f", lineterminator="\n")
+def write_csv(df: pd.DataFrame, out: Path, chunk: int = 100_000, progress: bool = False) -> None:
+    """Write listings as CSV byte-for-byte reproducibly, atomically (temp file + rename).
+
+    Written in chunks so that ``progress`` can show a bar on large files; the bytes do not
+    depend on the chunk size.
+    """
+    from tqdm import tqdm
+
+    with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
+        bar = tqdm(total=len(df), unit="rows", disable=not progress, desc=f"writing {out}")
+        for start in range(0, max(len(df), 1), chunk):
+            part = df.iloc[start : start + chunk]
+            part.to_csv(
+                fh, index=False, header=start == 0, float_format="%.1f", lineterminator="\n"
+            )
+            bar.update(len(part))
+        bar.close()
+
+
+def write_sample(rows: int, seed: int, out: Path) -> None:
+    """Generate ``rows`` listings with ``seed`` and write them to ``out`` (CSV, atomically)."""
+    write_csv(generate(rows, seed).listings, out, progress=True)

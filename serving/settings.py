@@ -1,0 +1,95 @@
+"""Serving configuration: typed, read once from ``CARPRICE_*`` environment variables.
+
+``MLFLOW_TRACKING_URI`` keeps MLflow's own name. Every field is documented in README.md.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_JWT_SECRET = "change-me"  # noqa: S105 - the placeholder we refuse outside development
+
+
+class Settings(BaseSettings):
+    """Everything the API reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="CARPRICE_", extra="ignore", frozen=True)
+
+    env: Literal["development", "production", "test"] = "production"
+    """Deployment environment; ``development`` allows the default JWT secret."""
+
+    # --- model ---
+    mlflow_tracking_uri: str = Field(
+        "sqlite:///mlruns/mlflow.db",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "CARPRICE_MLFLOW_TRACKING_URI"),
+    )
+    """MLflow tracking/registry URI (MLflow's own variable name)."""
+    model_name: str = "car-price"
+    """Registered model to serve."""
+    model_alias: str = "production"
+    """Alias of the registered model that /v1 and unpinned /v2 requests use."""
+    reload_interval: float = Field(30.0, gt=0)
+    """Seconds between polls of the alias for a newly promoted version."""
+    pinned_models_max: int = Field(4, ge=1)
+    """How many pinned (per-request) model versions /v2 keeps loaded (LRU)."""
+    registry_timeout: float = Field(10.0, gt=0)
+    """Seconds a registry call may take before it is given up (no minutes-long retries)."""
+
+    # --- requests ---
+    batch_max: int = Field(1000, ge=1)
+    """Most cars in one /v1/predict/batch or /v2 infer request."""
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+    """Largest accepted request body (413 above it)."""
+
+    # --- cache ---
+    cache_url: str | None = None
+    """``redis://host:port/db`` for a shared Redis cache; unset uses an in-process LRU+TTL cache."""
+    cache_ttl: int = Field(3600, ge=1)
+    """Seconds a cached prediction lives."""
+    cache_max_entries: int = Field(100_000, ge=1)
+    """Size of the in-process cache (when no Redis is configured)."""
+    redis_timeout: float = Field(0.05, gt=0)
+    """Seconds a Redis call may take before the request goes on without it."""
+
+    # --- access control ---
+    database_url: str = "sqlite:///carprice.db"
+    """SQLAlchemy URL of the users/keys/prediction-log database (PostgreSQL supported)."""
+    jwt_secret: str = DEFAULT_JWT_SECRET
+    """HS256 signing secret; must be set outside development."""
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    """The only algorithm accepted on tokens."""
+    jwt_issuer: str = "carprice"
+    jwt_audience: str = "carprice-api"
+    jwt_ttl: int = Field(3600, ge=60)
+    """Seconds an access token is valid."""
+    jwt_leeway: int = Field(10, ge=0)
+    """Seconds of clock skew tolerated on ``exp``/``iat``/``nbf``."""
+    api_key_cache_ttl: float = Field(5.0, ge=0)
+    """Seconds a verified API key is trusted without a database look-up (revocation delay)."""
+    rate_limit: str = "600/minute"
+    """Requests per principal on protected endpoints."""
+    login_rate_limit: str = "10/minute"
+    """Login attempts per client IP."""
+    cors_origins: list[str] = []
+    """Origins allowed by CORS (none by default)."""
+
+    @model_validator(mode="after")
+    def _refuse_default_secret(self) -> Settings:
+        if self.env != "development" and self.jwt_secret == DEFAULT_JWT_SECRET:
+            raise ValueError(
+                "CARPRICE_JWT_SECRET is unset or the default: set a secret "
+                "(or CARPRICE_ENV=development for local use)"
+            )
+        if self.env != "development" and len(self.jwt_secret) < 32:
+            raise ValueError("CARPRICE_JWT_SECRET must be at least 32 characters")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The settings, read once per process."""
+    return Settings()
