@@ -131,6 +131,14 @@ def _trusted_types(model: Any) -> list[str]:
     return list(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
 
 
+def _pip_requirements() -> list[str]:
+    """Pinned requirements of the model, given explicitly: MLflow's inference of them
+    loads the model in a subprocess and costs ~10 s per run."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "skops", "numpy", "pandas")]
+
+
 def log_run(
     model: Any,
     params: Params,
@@ -164,6 +172,7 @@ def log_run(
             input_example=example,
             serialization_format="skops",
             skops_trusted_types=_trusted_types(model),
+            pip_requirements=_pip_requirements(),
             extra_files=[str(contract_path), str(reference_path)],
             metadata={"feature_columns": list(FEATURES), "target": TARGET},
         )

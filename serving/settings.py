@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # --- access control ---
     database_url: str = "sqlite:///carprice.db"
     """SQLAlchemy URL of the users/keys/prediction-log database (PostgreSQL supported)."""
+    database_migrate_on_start: bool = True
+    """Apply the Alembic migrations when the API starts (else run ``carprice db upgrade``)."""
+    bcrypt_rounds: int = Field(12, ge=4, le=16)
+    """bcrypt cost factor for new password hashes (each +1 doubles the login time)."""
     jwt_secret: str = DEFAULT_JWT_SECRET
     """HS256 signing secret; must be set outside development."""
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
@@ -72,6 +76,9 @@ class Settings(BaseSettings):
     """Seconds a verified API key is trusted without a database look-up (revocation delay)."""
     rate_limit: str = "600/minute"
     """Requests per principal on protected endpoints."""
+    ratelimit_url: str | None = None
+    """Redis URL for the shared rate-limit counters; unset reuses ``cache_url``, and with neither
+    every limit (login included) is counted per process."""
     login_rate_limit: str = "10/minute"
     """Login attempts per client IP."""
     cors_origins: list[str] = []

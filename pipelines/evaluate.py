@@ -1,0 +1,218 @@
+"""Stage ``evaluate``: score the trained model on the holdout, plot it, and run the promotion gate.
+
+Writes DVC metrics (``reports/metrics.json``), per-segment errors (``reports/segments.json``),
+plot data (``reports/predictions.csv``) and images (``reports/plots/*.png``), logs them all to
+the training run in MLflow, then registers the model and applies :mod:`pipelines.promotion`
+(``reports/promotion.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.atomic import atomic_path, write_text
+from pipelines.contract import CATEGORICAL, FEATURES, NUMERICAL
+from pipelines.params import Params, load_params
+from pipelines.preprocess import PROCESSED
+from pipelines.train import RUN_INFO, split_xy
+
+REPORTS = Path("reports")
+PLOTS = REPORTS / "plots"
+PLOT_ROWS = 5_000
+AGE_BINS = [-1, 2, 5, 9, 14, 100]
+AGE_LABELS = ["0-2", "3-5", "6-9", "10-14", "15+"]
+REFERENCE_YEAR = 2026
+
+
+def regression_metrics(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE, MAPE (%) and R² of ``predicted`` against ``y``."""
+    err = predicted - y
+    ss_res = float(np.sum(err**2))
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    return {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "mape": float(np.mean(np.abs(err) / np.abs(y)) * 100),
+        "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0,
+    }
+
+
+def segment_errors(x: pd.DataFrame, y: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """Errors per brand, per age band and per fuel type: where the model is weak."""
+    frame = pd.DataFrame({"y": y, "p": predicted}, index=x.index)
+    frame["brand"] = x["brand"].fillna("(missing)")
+    frame["fuel_type"] = x["fuel_type"].fillna("(missing)")
+    frame["age"] = pd.cut(REFERENCE_YEAR - x["year"], AGE_BINS, labels=AGE_LABELS).astype(str)
+    out: dict[str, Any] = {}
+    for key in ("brand", "age", "fuel_type"):
+        rows = {}
+        for value, g in frame.groupby(key, observed=True):
+            m = regression_metrics(g["y"].to_numpy(), g["p"].to_numpy())
+            rows[str(value)] = {"rows": len(g), **{k: round(v, 4) for k, v in m.items()}}
+        out[f"by_{key}"] = rows
+    return out
+
+
+def linear_baseline_mae(train: pd.DataFrame, x_test: pd.DataFrame, y_test: np.ndarray) -> float:
+    """Holdout MAE of a linear regression (imputed, one-hot) trained on the same split."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    columns = ColumnTransformer(
+        [
+            (
+                "cat",
+                make_pipeline(
+                    SimpleImputer(strategy="constant", fill_value="(missing)"),
+                    OneHotEncoder(handle_unknown="ignore"),
+                ),
+                list(CATEGORICAL),
+            ),
+            ("num", SimpleImputer(strategy="median"), list(NUMERICAL)),
+        ]
+    )
+    x_train, y_train = split_xy(train)
+    model = make_pipeline(columns, LinearRegression()).fit(x_train, y_train)
+    return float(np.mean(np.abs(model.predict(x_test) - y_test)))
+
+
+def feature_importance(model: Any, x: pd.DataFrame, y: np.ndarray, seed: int) -> pd.Series:
+    """Permutation importance (increase in MAE) of each feature on up to 2,000 holdout rows."""
+    from sklearn.inspection import permutation_importance
+
+    n = min(2_000, len(x))
+    sample = x.sample(n=n, random_state=seed)
+    result = permutation_importance(
+        model,
+        sample,
+        y[x.index.get_indexer(sample.index)],
+        scoring="neg_mean_absolute_error",
+        n_repeats=3,
+        random_state=seed,
+        n_jobs=1,
+    )
+    return pd.Series(result.importances_mean, index=list(FEATURES)).sort_values()
+
+
+def plot_all(y: np.ndarray, predicted: np.ndarray, importance: pd.Series, out_dir: Path) -> None:
+    """Predicted vs actual, residuals, and feature importance as PNGs in ``out_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(y), size=min(PLOT_ROWS, len(y)), replace=False)
+    ys, ps = y[idx], predicted[idx]
+
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.scatter(ys, ps, s=4, alpha=0.3)
+    top = float(max(ys.max(), ps.max()))
+    ax.plot([0, top], [0, top], color="black", linewidth=1, label="perfect")
+    ax.set(xlabel="actual price (EUR)", ylabel="predicted price (EUR)", title="Predicted vs actual")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "predicted_vs_actual.png", dpi=100)
+    plt.close(fig)
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    rel = (ps - ys) / ys * 100
+    left.scatter(ys, rel, s=4, alpha=0.3)
+    left.axhline(0, color="black", linewidth=1)
+    left.set(xscale="log", xlabel="actual price (EUR)", ylabel="error (%)", title="Residuals")
+    right.hist(np.clip(rel, -100, 100), bins=80)
+    right.set(xlabel="error (%)", ylabel="listings", title="Error distribution")
+    fig.tight_layout()
+    fig.savefig(out_dir / "residuals.png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    ax.barh(importance.index, importance.to_numpy())
+    ax.set(xlabel="increase in MAE when shuffled (EUR)", title="Permutation feature importance")
+    fig.tight_layout()
+    fig.savefig(out_dir / "feature_importance.png", dpi=100)
+    plt.close(fig)
+
+
+def main() -> int:
+    """DVC entry point: evaluate, log to the training run, register and gate."""
+    import mlflow
+
+    from pipelines import tracking
+    from pipelines.promotion import register_and_gate
+
+    params = load_params()
+    run_info = json.loads(RUN_INFO.read_text(encoding="utf-8"))
+    tracking.configure()
+    model = mlflow.sklearn.load_model(run_info["model_uri"])
+
+    train = pd.read_parquet(PROCESSED / "train.parquet")
+    test = pd.read_parquet(PROCESSED / "test.parquet")
+    x, y_series = split_xy(test)
+    y = y_series.to_numpy(dtype=float)
+    predicted = np.asarray(model.predict(x), dtype=float)
+
+    metrics = regression_metrics(y, predicted)
+    metrics["baseline_linear_mae"] = linear_baseline_mae(train, x, y)
+    metrics["mae_vs_baseline"] = metrics["mae"] / metrics["baseline_linear_mae"]
+    metrics["test_rows"] = float(len(y))
+    segments = segment_errors(x, y, predicted)
+    importance = feature_importance(model, x, y, params.preprocess.seed)
+
+    with atomic_path(PLOTS) as tmp_plots:
+        tmp_plots.mkdir()
+        plot_all(y, predicted, importance, tmp_plots)
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(len(y), size=min(PLOT_ROWS, len(y)), replace=False))
+    plot_data = pd.DataFrame({"actual": y[idx], "predicted": predicted[idx].round(2)})
+    plot_data["residual"] = (plot_data["predicted"] - plot_data["actual"]).round(2)
+    with atomic_path(REPORTS / "predictions.csv") as tmp:
+        plot_data.to_csv(tmp, index=False)
+    write_text(REPORTS / "metrics.json", json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2))
+    write_text(REPORTS / "segments.json", json.dumps(segments, indent=2))
+    write_text(
+        REPORTS / "feature_importance.json",
+        json.dumps({k: round(float(v), 4) for k, v in importance.sort_values(ascending=False).items()}, indent=2),
+    )
+
+    with mlflow.start_run(run_id=run_info["run_id"]):
+        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+        mlflow.log_artifacts(str(PLOTS), artifact_path="plots")
+        mlflow.log_artifact(str(REPORTS / "segments.json"))
+        mlflow.log_artifact(str(REPORTS / "feature_importance.json"))
+
+    decision = register_and_gate(
+        model_uri=run_info["model_uri"],
+        run_id=run_info["run_id"],
+        name=params.evaluate.model_name,
+        candidate_mae=metrics["mae"],
+        x=x,
+        y=y_series,
+        min_improvement=params.evaluate.min_improvement,
+        tags={k: v for k, v in (("git_commit", tracking.git_commit()),) if v},
+    )
+    write_text(REPORTS / "promotion.json", json.dumps(decision.as_dict(), indent=2))
+    with mlflow.start_run(run_id=run_info["run_id"]), tempfile.TemporaryDirectory() as tmp_dir:
+        path = Path(tmp_dir) / "promotion.json"
+        path.write_text(json.dumps(decision.as_dict(), indent=2), encoding="utf-8")
+        mlflow.log_artifact(str(path))
+        mlflow.set_tag("gate_decision", "promoted" if decision.promoted else "challenger")
+    print(json.dumps({"metrics": {k: round(v, 4) for k, v in metrics.items()}}))
+    print(f"{decision.model_name} v{decision.candidate_version} -> @{decision.alias}: {decision.reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

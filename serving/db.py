@@ -1,0 +1,124 @@
+"""The serving database: engine and sessions, and the Alembic migrations run in code.
+
+``open_database(url)`` is called in the FastAPI lifespan (never at import); ``upgrade(url)``
+brings a database to the newest schema without an ``alembic.ini`` in the working directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, pool
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def _enable_sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
+    # SQLite ignores ON DELETE CASCADE unless each connection asks for it.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine for ``url``: pre-pinged pool; SQLite with foreign keys on and thread-safe use."""
+    parsed = make_url(url)
+    kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() != "sqlite":
+        kwargs["pool_pre_ping"] = True  # a server restart must not fail the next requests
+    else:
+        kwargs["connect_args"] = {"check_same_thread": False}
+        if parsed.database in (None, "", ":memory:"):
+            # One shared connection, or every thread would see its own empty database.
+            kwargs["poolclass"] = pool.StaticPool
+    engine = create_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _enable_sqlite_foreign_keys)
+    return engine
+
+
+@dataclass(frozen=True)
+class Database:
+    """An engine and its session factory; one per process, kept on ``app.state``."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session committed on success and rolled back on error."""
+        with self.sessions.begin() as session:
+            yield session
+
+    def close(self) -> None:
+        """Close every pooled connection."""
+        self.engine.dispose()
+
+
+def open_database(url: str, *, migrate: bool = False) -> Database:
+    """Connect to ``url`` (and bring its schema to the newest revision if ``migrate``)."""
+    engine = create_db_engine(url)
+    if migrate:
+        upgrade_engine(engine)
+    return Database(engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration, built in code: works from any working directory."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def upgrade_engine(engine: Engine, revision: str = "head") -> None:
+    """Apply the migrations up to ``revision`` through ``engine``."""
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply the migrations up to ``revision`` on the database at ``url``."""
+    engine = create_db_engine(url)
+    try:
+        upgrade_engine(engine, revision)
+    finally:
+        engine.dispose()
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Undo the migrations down to ``revision`` (``"base"`` empties the schema)."""
+    engine = create_db_engine(url)
+    config = alembic_config()
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, revision)
+    finally:
+        engine.dispose()
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database at ``url`` is at (``None`` when never migrated)."""
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def head_revision() -> str | None:
+    """The newest revision the shipped migrations define."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
