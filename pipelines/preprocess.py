@@ -51,7 +51,7 @@ def clean(df: pd.DataFrame, contract: DataContract) -> tuple[pd.DataFrame, dict[
     for spec in contract.columns:
         if spec.kind == "categorical":
             continue
-        col = out[spec.name]
+        col = out[spec.name].astype("float64")
         if not spec.nullable:
             bad |= col.isna().to_numpy()
         lo = -np.inf if spec.min is None else spec.min

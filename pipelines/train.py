@@ -66,8 +66,9 @@ def build_model(params: TrainParams, contract: DataContract) -> Any:
 
 
 def split_xy(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
-    """Features in contract order, and the target."""
-    return df[list(FEATURES)], df[TARGET]
+    """Features in contract order (numbers as float64, categories as text), and the target."""
+    x = df[list(FEATURES)].astype({c: "float64" for c in NUMERICAL})
+    return x, df[TARGET].astype("float64")
 
 
 def cross_validated_metrics(model: Any, x: pd.DataFrame, y: pd.Series, params: TrainParams) -> dict[str, float]:
@@ -197,7 +198,7 @@ def main() -> int:
     for key, value in (("git_commit", tracking.git_commit()), ("dvc_data_md5", tracking.dvc_data_hash())):
         if value:
             tags[key] = value
-    example = x.head(5).astype({c: "float64" for c in NUMERICAL})
+    example = x.head(5)
     run = log_run(model, params, contract, metrics, example, reference[list(FEATURES)], tags)
     write_text(RUN_INFO, json.dumps(run | {"metrics": metrics}, indent=2))
     print(json.dumps(run | {"metrics": {k: round(v, 4) for k, v in metrics.items()}}))

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from serving.principals import NotAuthenticated, Principal, Role
+from serving.principals import NotAuthenticatedError, Principal, Role
 from serving.ttlcache import TTLCache
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ MAX_KEY_LENGTH = 128
 """Longer ``X-API-Key`` values are refused before any parsing (ours are 58 characters)."""
 
 
-class InvalidApiKey(NotAuthenticated):
+class InvalidApiKeyError(NotAuthenticatedError):
     """The API key is malformed, unknown, revoked or wrong."""
 
 
@@ -100,18 +100,18 @@ class ApiKeyVerifier:
         self._used: dict[int, float] = {}
 
     async def verify(self, key: str) -> Principal:
-        """The principal ``key`` belongs to; raises ``InvalidApiKey`` otherwise."""
+        """The principal ``key`` belongs to; raises ``InvalidApiKeyError`` otherwise."""
         prefix = key_prefix(key)
         if prefix is None:
-            raise InvalidApiKey("malformed API key")
+            raise InvalidApiKeyError("malformed API key")
         record = await self.cache.get(prefix, self._find)
         if record is None:
-            raise InvalidApiKey(f"unknown API key prefix {prefix}")
+            raise InvalidApiKeyError(f"unknown API key prefix {prefix}")
         # Constant-time comparison of the hashes: timing reveals nothing about the secret.
         if not hmac.compare_digest(hash_api_key(key), record.secret_hash):
-            raise InvalidApiKey(f"wrong secret for API key {prefix}")
+            raise InvalidApiKeyError(f"wrong secret for API key {prefix}")
         if record.revoked:
-            raise InvalidApiKey(f"revoked API key {prefix}")
+            raise InvalidApiKeyError(f"revoked API key {prefix}")
         self._used[record.key_id] = time.time()
         return Principal(
             user_id=record.user_id,
@@ -129,3 +129,8 @@ class ApiKeyVerifier:
         """Key ids used since the last call, with the Unix time of their latest use."""
         used, self._used = self._used, {}
         return used
+
+    def restore_usage(self, used: dict[int, float]) -> None:
+        """Put back usage a failed flush could not write (the newest time wins)."""
+        for key_id, t in used.items():
+            self._used[key_id] = max(t, self._used.get(key_id, 0.0))

@@ -7,3 +7,8 @@ import typer
 
 def register(app: typer.Typer) -> None:
     """Add the serving commands to the top-level ``carprice`` app."""
+    from serving.users_cli import db_app, keys_app, users_app
+
+    app.add_typer(users_app, name="users")
+    app.add_typer(keys_app, name="keys")
+    app.add_typer(db_app, name="db")

@@ -13,6 +13,7 @@ against a dummy hash of the same cost, so timing does not reveal which usernames
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import secrets
 import unicodedata
@@ -50,8 +51,17 @@ class PasswordHasher:
 
     def __init__(self, rounds: int = 12) -> None:
         self.rounds = rounds
+
+    @functools.cached_property
+    def _dummy(self) -> str:
         # Same cost as real hashes, so an unknown user takes as long as a wrong password.
-        self._dummy = self._bcrypt(secrets.token_urlsafe(16))
+        # Computed on first use; the API calls ``prepare()`` at start-up so that first use
+        # is not a slower (and so telling) login.
+        return self._bcrypt(secrets.token_urlsafe(16))
+
+    def prepare(self) -> None:
+        """Compute the dummy hash now (about one bcrypt's time)."""
+        _ = self._dummy
 
     def _bcrypt(self, password: str) -> str:
         return SCHEME + bcrypt.hashpw(_prehash(password), bcrypt.gensalt(self.rounds)).decode()

@@ -47,7 +47,7 @@ class AccessError(Exception):
     """Base of the access-control errors (authentication, authorisation, rate limits)."""
 
 
-class NotAuthenticated(AccessError):
+class NotAuthenticatedError(AccessError):
     """No valid credentials. The ``reason`` is for logs only: clients get a generic message.
 
     ``presented`` says whether credentials were sent at all (RFC 6750 adds
@@ -60,7 +60,7 @@ class NotAuthenticated(AccessError):
         self.presented = presented
 
 
-class Forbidden(AccessError):
+class ForbiddenError(AccessError):
     """A valid principal without the role an endpoint needs."""
 
     def __init__(self, principal: Principal, required: Role) -> None:
@@ -69,13 +69,13 @@ class Forbidden(AccessError):
         self.required = required
 
 
-class UnknownUser(LookupError):
+class UnknownUserError(LookupError):
     """No user of that name (administration, not authentication: that stays generic)."""
 
 
-class UnknownApiKey(LookupError):
+class UnknownApiKeyError(LookupError):
     """No API key of that id."""
 
 
-class UserExists(ValueError):
+class UserExistsError(ValueError):
     """A user of that name already exists."""

@@ -39,6 +39,12 @@ class Settings(BaseSettings):
     registry_timeout: float = Field(10.0, gt=0)
     """Seconds a registry call may take before it is given up (no minutes-long retries)."""
 
+    # --- server ---
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Level of the API's JSON logs (access log included)."""
+    shutdown_timeout: float = Field(30.0, gt=0)
+    """Seconds a graceful shutdown waits for in-flight requests before closing them."""
+
     # --- requests ---
     batch_max: int = Field(1000, ge=1)
     """Most cars in one /v1/predict/batch or /v2 infer request."""
@@ -54,6 +60,10 @@ class Settings(BaseSettings):
     """Size of the in-process cache (when no Redis is configured)."""
     redis_timeout: float = Field(0.05, gt=0)
     """Seconds a Redis call may take before the request goes on without it."""
+    cache_breaker_failures: int = Field(3, ge=1)
+    """Consecutive Redis failures that open the circuit breaker (Redis is then skipped)."""
+    cache_breaker_reset: float = Field(5.0, gt=0)
+    """Seconds the breaker stays open before one trial call is let through to Redis."""
 
     # --- access control ---
     database_url: str = "sqlite:///carprice.db"

@@ -14,14 +14,14 @@ from typing import Any
 
 from jose import jwt
 
-from serving.principals import NotAuthenticated, Role
+from serving.principals import NotAuthenticatedError, Role
 from serving.settings import Settings
 
 MAX_TOKEN_LENGTH = 4096
 """Longer bearer tokens are refused before any parsing (ours are ~250 characters)."""
 
 
-class InvalidToken(NotAuthenticated):
+class InvalidTokenError(NotAuthenticatedError):
     """The bearer token is malformed, forged, expired or otherwise unacceptable."""
 
 
@@ -31,7 +31,7 @@ class IssuedToken:
 
     access_token: str
     expires_in: int
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +101,14 @@ class TokenService:
         return IssuedToken(access_token=token, expires_in=self.ttl)
 
     def decode(self, token: str) -> Claims:
-        """The verified claims of ``token``; raises ``InvalidToken`` for anything wrong with it."""
+        """The verified claims of ``token``; ``InvalidTokenError`` for anything wrong with it."""
         if len(token) > MAX_TOKEN_LENGTH or not token.isascii() or token.count(".") != 2:
-            raise InvalidToken("malformed token")
+            raise InvalidTokenError("malformed token")
         try:
             header = jwt.get_unverified_header(token)
             # Checked here as well as by jose (algorithms=[...]): only the configured one.
             if header.get("alg") != self.algorithm:
-                raise InvalidToken(f"algorithm {header.get('alg')!r} not accepted")
+                raise InvalidTokenError(f"algorithm {header.get('alg')!r} not accepted")
             payload = jwt.decode(
                 token,
                 self._secret,
@@ -118,22 +118,22 @@ class TokenService:
                 options=self._options,
             )
             return self._claims(payload)
-        except InvalidToken:
+        except InvalidTokenError:
             raise
         except Exception as exc:
             # jose raises JWTError for most problems, but TypeError/OverflowError for odd
             # claim values ({"exp": {}}, 1e999): whatever it is, the token is simply invalid.
-            raise InvalidToken(f"{type(exc).__name__}: {exc}") from None
+            raise InvalidTokenError(f"{type(exc).__name__}: {exc}") from None
 
     def _claims(self, payload: dict[str, Any]) -> Claims:
         sub, role, iat, exp = (payload.get(k) for k in ("sub", "role", "iat", "exp"))
         if not isinstance(sub, str) or not sub.isdigit() or len(sub) > 18:
-            raise InvalidToken("bad sub")
+            raise InvalidTokenError("bad sub")
         if role not in (Role.PREDICT.value, Role.ADMIN.value):
-            raise InvalidToken("bad role")
+            raise InvalidTokenError("bad role")
         if not isinstance(iat, int) or not isinstance(exp, int) or isinstance(iat, bool):
-            raise InvalidToken("bad time claims")
+            raise InvalidTokenError("bad time claims")
         # jose only checks that iat is a number; a token from the future is not valid yet.
         if iat > time.time() + self.leeway:
-            raise InvalidToken("issued in the future")
+            raise InvalidTokenError("issued in the future")
         return Claims(user_id=int(sub), role=Role(role), issued_at=iat, expires_at=exp)

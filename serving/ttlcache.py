@@ -18,7 +18,7 @@ V = TypeVar("V")
 
 
 class TTLCache(Generic[K, V]):
-    """Values (or ``None`` for "does not exist") trusted for ``ttl`` seconds, at most ``max_entries``."""
+    """Values (``None``: "does not exist") trusted for ``ttl`` seconds; ``max_entries`` at most."""
 
     def __init__(
         self,

@@ -1,0 +1,60 @@
+# One Makefile for people and CI. `make run` = set up, train, serve; `make test` = set up, test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+ROWS ?= 20000
+SEED ?= 42
+
+.PHONY: setup data train run serve test test-all lint format services bench bench-pipeline bench-pipeline-1m clean
+
+$(BIN)/carprice: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(BIN)/carprice
+
+setup: $(BIN)/carprice ## create .venv and install the project with its dev tools
+
+data: setup ## make the raw data that data.dvc tracks (pulled from the DVC remote, else regenerated)
+	@if [ ! -f data/raw/cars.csv ]; then \
+	  dvc pull -q data.dvc 2>/dev/null || carprice data sample --rows $(ROWS) --seed $(SEED) --out data/raw/cars.csv; \
+	fi
+	dvc status data.dvc
+
+train: data ## run the pipeline: validate -> preprocess -> train -> evaluate
+	dvc repro
+
+run: train ## train, then serve the production model on http://127.0.0.1:8000
+	carprice demo-serve
+
+serve: setup
+	carprice serve
+
+services: ## start PostgreSQL and Redis when they are not running
+	bash scripts/services.sh
+
+test: setup services ## the test suite (real Redis, PostgreSQL, MLflow, DVC)
+	pytest
+
+lint: setup
+	ruff check .
+	ruff format --check .
+	mypy pipelines serving carprice
+
+format: setup
+	ruff check --fix .
+	ruff format .
+
+bench-pipeline: setup ## time every stage of `dvc repro` on the default data, and a no-op repro
+	python benchmarks/pipeline.py --rows $(ROWS)
+
+bench-pipeline-1m: setup ## the same on 1,000,000 rows (several minutes)
+	python benchmarks/pipeline.py --rows 1000000
+
+bench: setup ## serving benchmark (see benchmarks/serving.py)
+	python benchmarks/serving.py
+
+clean:
+	rm -rf data/processed models reports mlruns dvc_plots

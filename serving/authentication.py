@@ -1,0 +1,104 @@
+"""Who is calling: a bearer token or API key in, a ``Principal`` (or ``NotAuthenticatedError``) out.
+
+The hot paths do no database work per request:
+
+* API key: the key's row (joined with its user) is cached by prefix for ``api_key_cache_ttl``
+  seconds (``serving.apikeys``).
+* Token: the signature and claims are checked in process; to honour "a deleted user's token
+  stops working", the user is then looked up in a cache of users by id with the same TTL. A
+  deleted user's tokens therefore fail within ``api_key_cache_ttl`` seconds (at once in the
+  process that deleted them). The principal's role is the token's role, lowered to the user's
+  current role if that was reduced since (a promotion needs a new login).
+
+Database work (cache misses, login, batched last-used writes) runs in worker threads; bcrypt
+runs in at most ``login_concurrency`` of them so a login flood cannot starve the thread pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import anyio
+from sqlalchemy.exc import SQLAlchemyError
+
+from serving.accounts import Accounts, UserInfo
+from serving.apikeys import ApiKeyVerifier, KeyRecord
+from serving.principals import AccessError, NotAuthenticatedError, Principal, Role
+from serving.tokens import IssuedToken, TokenService
+from serving.ttlcache import TTLCache
+
+T = TypeVar("T")
+
+
+class AuthUnavailableError(AccessError):
+    """The user database could not be reached, so credentials cannot be checked now."""
+
+
+class Authenticator:
+    """Verifies tokens, API keys and passwords against one ``Accounts`` store."""
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        tokens: TokenService,
+        *,
+        cache_ttl: float = 5.0,
+        login_concurrency: int = 4,
+    ) -> None:
+        self.accounts = accounts
+        self.tokens = tokens
+        self.users: TTLCache[int, UserInfo] = TTLCache(cache_ttl)
+        self.keys = ApiKeyVerifier(self._find_key, cache_ttl=cache_ttl)
+        self._login_slots = anyio.CapacityLimiter(login_concurrency)
+
+    async def _in_thread(
+        self, fn: Callable[..., T], *args: object, limiter: anyio.CapacityLimiter | None = None
+    ) -> T:
+        try:
+            return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
+        except SQLAlchemyError as exc:
+            raise AuthUnavailableError(f"user database unavailable: {type(exc).__name__}") from exc
+
+    async def _find_key(self, prefix: str) -> KeyRecord | None:
+        return await self._in_thread(self.accounts.find_key, prefix)
+
+    async def _find_user(self, user_id: int) -> UserInfo | None:
+        return await self._in_thread(self.accounts.get_user, user_id)
+
+    async def by_api_key(self, key: str) -> Principal:
+        """The principal owning ``key`` (raises ``NotAuthenticatedError``)."""
+        return await self.keys.verify(key)
+
+    async def by_token(self, token: str) -> Principal:
+        """The principal ``token`` was issued to, if the user still exists."""
+        claims = self.tokens.decode(token)
+        user = await self.users.get(claims.user_id, self._find_user)
+        if user is None:
+            raise NotAuthenticatedError(f"token of deleted user {claims.user_id}")
+        role = claims.role if user.role == Role.ADMIN else user.role
+        return Principal(user_id=user.id, username=user.username, role=role, via="token")
+
+    async def login(self, username: str, password: str) -> IssuedToken:
+        """A token for ``username`` if ``password`` is right (raises ``NotAuthenticatedError``)."""
+        user = await self._in_thread(
+            self.accounts.check_password, username, password, limiter=self._login_slots
+        )
+        if user is None:
+            raise NotAuthenticatedError("bad user name or password")
+        return self.tokens.issue(user.id, user.role)
+
+    async def flush_key_usage(self) -> None:
+        """Write the last-use times collected since the previous flush (one statement)."""
+        used = self.keys.take_usage()
+        if not used:
+            return
+        try:
+            await self._in_thread(self.accounts.record_key_use, used)
+        except AuthUnavailableError:
+            self.keys.restore_usage(used)  # try again at the next flush
+            raise
+
+    def forget_user(self, user_id: int) -> None:
+        """Drop a cached user (this process honours a deletion or role change at once)."""
+        self.users.forget(user_id)

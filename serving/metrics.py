@@ -1,0 +1,26 @@
+"""The API's own Prometheus metrics, each defined once with one label set.
+
+HTTP metrics (requests, latency by route and status) come from
+prometheus-fastapi-instrumentator; ``/metrics`` exposes both. With several uvicorn workers each
+process counts its own (set ``PROMETHEUS_MULTIPROC_DIR`` to aggregate them).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+MODEL_LOADS = Counter(
+    "carprice_model_loads",
+    "Model versions loaded, by outcome: ok (smoke-tested and in use) or failed (rejected).",
+    ["outcome"],
+)
+MODEL_READY = Gauge(
+    "carprice_model_ready", "1 while a production model is loaded and smoke-tested, else 0."
+)
+MODEL_VERSION = Gauge("carprice_model_version", "Registry version of the production model served.")
+CACHE_EVENTS = Counter(
+    "carprice_cache_events",
+    "Prediction cache: hit and miss count rows; error counts failed cache calls; skipped "
+    "counts calls not made because the circuit breaker is open.",
+    ["event"],
+)

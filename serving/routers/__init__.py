@@ -1,0 +1,1 @@
+"""HTTP routers: one module per API surface (versions, auth, admin)."""

@@ -1,0 +1,86 @@
+"""The promotion gate against a real MLflow registry (SQLite in a temp dir)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.contract import DataContract
+from pipelines.evaluate import regression_metrics
+from pipelines.params import Params, TrainParams
+from pipelines.promotion import CHALLENGER, PRODUCTION, decide, register_and_gate
+from pipelines.train import fit, log_run, split_xy
+
+
+def test_decide_without_production_promotes() -> None:
+    assert decide(100.0, None, 0.01) == (True, "no production model yet")
+
+
+@pytest.mark.parametrize(
+    ("candidate", "production", "promoted"),
+    [(98.0, 100.0, True), (99.0, 100.0, False), (99.5, 100.0, False), (120.0, 100.0, False)],
+)
+def test_decide_needs_the_margin(candidate: float, production: float, promoted: bool) -> None:
+    ok, reason = decide(candidate, production, 0.01)
+    assert ok is promoted
+    assert f"{production:.2f}" in reason
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    import mlflow
+
+    from pipelines import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(tracking, "ARTIFACT_ROOT", tmp_path / "artifacts")
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("car-price", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("car-price")
+    yield uri
+    mlflow.set_tracking_uri(None)
+
+
+def _candidate(listings: pd.DataFrame, contract: DataContract, max_iter: int) -> tuple[dict[str, str], float]:
+    train, test = listings.iloc[:2_400], listings.iloc[2_400:]
+    x, y = split_xy(train)
+    params = Params(train=TrainParams(max_iter=max_iter, cv_folds=0))
+    model = fit(params.train, contract, x, y)
+    xt, yt = split_xy(test)
+    mae = regression_metrics(yt.to_numpy(), model.predict(xt))["mae"]
+    run = log_run(model, params, contract, {"cv_mae": mae}, xt.head(3), xt.head(50), {"test": "1"})
+    return run, mae
+
+
+def test_gate_promotes_first_then_keeps_production_for_a_worse_model(
+    registry: str, listings: pd.DataFrame, contract: DataContract
+) -> None:
+    from mlflow import MlflowClient
+
+    _, test = listings.iloc[:2_400], listings.iloc[2_400:]
+    xt, yt = split_xy(test)
+    good, good_mae = _candidate(listings, contract, max_iter=150)
+    first = register_and_gate(good["model_uri"], good["run_id"], "car-price", good_mae, xt, yt, 0.01)
+    assert first.promoted
+    assert first.candidate_version == "1"
+    assert first.alias == PRODUCTION
+
+    worse, worse_mae = _candidate(listings, contract, max_iter=3)
+    assert worse_mae > good_mae
+    second = register_and_gate(worse["model_uri"], worse["run_id"], "car-price", worse_mae, xt, yt, 0.01)
+    assert not second.promoted
+    assert second.alias == CHALLENGER
+    assert second.production_version == "1"
+    assert second.production_mae == pytest.approx(good_mae, rel=1e-6)  # scored on the same rows
+
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("car-price", PRODUCTION).version) == "1"
+    assert str(client.get_model_version_by_alias("car-price", CHALLENGER).version) == "2"
+    tags = client.get_model_version("car-price", "2").tags
+    assert tags["gate_decision"] == "challenger"
+    assert float(tags["production_mae_at_gate"]) == pytest.approx(good_mae, rel=1e-4)
+    assert tags["run_id"] == worse["run_id"]
