@@ -12,3 +12,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="users")
     app.add_typer(keys_app, name="keys")
     app.add_typer(db_app, name="db")
+
+    from serving.server import serve
+
+    app.command("serve")(serve)

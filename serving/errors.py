@@ -8,6 +8,9 @@ validation errors and Starlette's HTTP errors to one body shape::
 
 Validation details say which field is wrong and why, never the value sent (a huge or hostile
 input is not echoed back), and at most :data:`MAX_DETAILS` of them are listed.
+
+The errors are named for what happened (``ModelNotReady``), as the style guide names them,
+not with an ``Error`` suffix.
 """
 
 from __future__ import annotations
@@ -40,49 +43,49 @@ class ServingError(Exception):
         self.details = details
 
 
-class ModelNotReady(ServingError):
+class ModelNotReady(ServingError):  # noqa: N818 - named for what happened
     """No model is loaded and smoke-tested yet (start-up, or no version has the alias)."""
 
     code = "model_not_ready"
 
 
-class ModelNotFound(ServingError):
+class ModelNotFound(ServingError):  # noqa: N818 - named for what happened
     """The model name or version asked for is not registered."""
 
     code = "model_not_found"
 
 
-class ModelUnservable(ServingError):
+class ModelUnservable(ServingError):  # noqa: N818 - named for what happened
     """A registered version that fails to load, its smoke test or the signature check."""
 
     code = "model_unservable"
 
 
-class RegistryUnavailable(ServingError):
+class RegistryUnavailable(ServingError):  # noqa: N818 - named for what happened
     """The MLflow registry did not answer (in time)."""
 
     code = "registry_unavailable"
 
 
-class InvalidFeatures(ServingError):
+class InvalidFeatures(ServingError):  # noqa: N818 - named for what happened
     """The cars sent are not valid input (``details`` lists the fields)."""
 
     code = "invalid_features"
 
 
-class UnsupportedRequest(ServingError):
+class UnsupportedRequest(ServingError):  # noqa: N818 - named for what happened
     """A well-formed request for something this server does not do (e.g. binary tensors)."""
 
     code = "unsupported_request"
 
 
-class UnsupportedMediaType(ServingError):
+class UnsupportedMediaType(ServingError):  # noqa: N818 - named for what happened
     """A body that is not JSON."""
 
     code = "unsupported_media_type"
 
 
-class PredictionFailed(ServingError):
+class PredictionFailed(ServingError):  # noqa: N818 - named for what happened
     """The model produced no usable price (a fault of the model, not of the input)."""
 
     code = "prediction_failed"
@@ -153,7 +156,9 @@ def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def invalid_features_from(errors: Sequence[Any], prefix: tuple[str | int, ...] = ()) -> InvalidFeatures:
+def invalid_features_from(
+    errors: Sequence[Any], prefix: tuple[str | int, ...] = ()
+) -> InvalidFeatures:
     """An :class:`InvalidFeatures` from pydantic errors (``prefix`` is prepended to locations)."""
     fixed = [{**e, "loc": (*prefix, *e.get("loc", ()))} for e in errors]
     return InvalidFeatures(_validation_message(fixed), validation_details(fixed))
@@ -198,7 +203,8 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
     except ValueError:
         default = "error"
     message = exc.detail if isinstance(exc.detail, str) and exc.detail else default
-    return error_response(status, code, _short(message), headers=exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(status, code, _short(message), headers=headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -109,7 +109,10 @@ async def open_auth(state: Any, settings: Settings) -> AccessControl:
     redis_url = settings.ratelimit_url or settings.cache_url
     limiter: Limiter
     if redis_url:
-        limiter = RedisLimiter(connect_redis(redis_url, settings.redis_timeout))
+        limiter = RedisLimiter(
+            connect_redis(redis_url, settings.redis_timeout),
+            namespace=settings.ratelimit_namespace,
+        )
     else:
         log.info("no rate-limit Redis configured: limits are counted per process")
         limiter = LocalLimiter()

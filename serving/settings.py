@@ -89,6 +89,8 @@ class Settings(BaseSettings):
     ratelimit_url: str | None = None
     """Redis URL for the shared rate-limit counters; unset reuses ``cache_url``, and with neither
     every limit (login included) is counted per process."""
+    ratelimit_namespace: str = "carprice:rl:"
+    """Prefix of the rate-limit keys in Redis (lets deployments share one Redis)."""
     login_rate_limit: str = "10/minute"
     """Login attempts per client IP."""
     cors_origins: list[str] = []

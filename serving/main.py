@@ -1,0 +1,106 @@
+"""The FastAPI application: :func:`create_app` and the lifespan that owns the resources.
+
+``uvicorn serving.main:app`` and ``carprice serve`` both work. ``app`` is built on first access
+(PEP 562 module ``__getattr__``), so importing this module reads no settings and loads nothing;
+the model, the cache and the poller start in the lifespan and are closed after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_fastapi_instrumentator import Instrumentator
+
+from serving import logs
+from serving.cache import build_cache
+from serving.errors import install_error_handlers
+from serving.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from serving.model_store import ModelStore
+from serving.prediction import PredictionService
+from serving.registry import Registry
+from serving.routers import v1, v2
+from serving.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Prices used cars with the model registered in MLflow as `car-price@production`.
+
+* **/v1**: typed JSON: one car (`POST /v1/predict`) or a list (`POST /v1/predict/batch`).
+* **/v2**: the Open Inference Protocol (KServe / Triton V2 REST), with version pinning.
+
+Errors share one body: `{"error": {"code", "message", "details"}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. ``settings`` defaults to the environment's (``get_settings()``)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logs.configure(settings.log_level)
+        registry = Registry(
+            settings.mlflow_tracking_uri, settings.model_name, settings.registry_timeout
+        )
+        models = ModelStore(
+            registry,
+            alias=settings.model_alias,
+            reload_interval=settings.reload_interval,
+            pinned_max=settings.pinned_models_max,
+            registry_timeout=settings.registry_timeout,
+        )
+        cache = build_cache(settings)
+        app.state.settings = settings
+        app.state.models = models
+        app.state.cache = cache
+        app.state.predictions = PredictionService(models, cache, settings.batch_max)
+        await models.start()
+        log.info(
+            "serving %s@%s from %s",
+            settings.model_name,
+            settings.model_alias,
+            registry.tracking_uri,
+        )
+        try:
+            yield
+        finally:
+            await models.stop()
+            await cache.aclose()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="carprice",
+        summary="Used-car prices from the registry's production model.",
+        description=DESCRIPTION,
+        version=v2.server_version(),
+        lifespan=lifespan,
+    )
+    app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    app.include_router(v1.router)
+    app.include_router(v2.router)
+    # Added last = outermost: the request id and access log cover everything, 413s included.
+    app.add_middleware(BodySizeLimitMiddleware, limit=lambda: settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware)
+    Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
+        app, include_in_schema=False
+    )
+    return app
+
+
+_app: FastAPI | None = None
+
+
+def __getattr__(name: str) -> Any:
+    # ``serving.main:app`` for uvicorn, built from the environment on first access.
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_app()
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,212 @@
+"""Helpers for the access-control tests: real PostgreSQL databases, real Redis, a small app.
+
+Imported explicitly by the ``test_auth_*``/``test_db``/... modules (no ``pytest_plugins``).
+The app built here is not the product's app: it is the smallest FastAPI app wired the way
+``serving/main.py`` is meant to be (lifespan helpers, ``install``, the auth and admin routers)
+plus dummy protected routes, so access control is tested on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import redis
+from fastapi import APIRouter, Depends, FastAPI
+
+from serving.principals import Role
+from serving.routers import admin as admin_router
+from serving.routers import auth as auth_router
+from serving.security import PredictPrincipal, close_auth, install, open_auth, require_role
+from serving.settings import Settings
+
+TEST_SECRET = "test-secret-" + "x" * 40
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_URL = "redis://127.0.0.1:6379/2"  # our tests' own DB number; only our keys are deleted
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Test settings: fast bcrypt, a real secret, no Redis unless given."""
+    values: dict[str, Any] = {
+        "env": "test",
+        "jwt_secret": TEST_SECRET,
+        "bcrypt_rounds": 4,
+        "database_url": "sqlite://",
+        "rate_limit": "1000/minute",
+        "login_rate_limit": "1000/minute",
+        "ratelimit_namespace": f"carprice-test:{secrets.token_hex(4)}:",
+        "cache_url": None,
+        "ratelimit_url": None,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.contextmanager
+def postgres_database() -> Iterator[str]:
+    """A throwaway PostgreSQL database (created, yielded as a SQLAlchemy URL, dropped)."""
+    name = f"carprice_test_{secrets.token_hex(6)}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"PostgreSQL not reachable: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def redis_or_skip() -> redis.Redis:
+    """A client of the tests' Redis DB (skips when no Redis runs here)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
+        pytest.skip(f"Redis not reachable: {exc}")
+    return client
+
+
+def delete_namespace(client: redis.Redis, namespace: str) -> None:
+    """Delete the keys under ``namespace`` (never a FLUSHDB: other tests may share the DB)."""
+    keys = list(client.scan_iter(match=namespace + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
+class FakeModels:
+    """Stands in for the serving engineer's model store (``app.state.models``)."""
+
+    def __init__(self) -> None:
+        self.reloads = 0
+
+    async def reload_now(self) -> str:
+        self.reloads += 1
+        return "7"
+
+
+def build_app(settings: Settings) -> FastAPI:
+    """A minimal app wired like the real one, with protected dummy routes."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await open_auth(app.state, settings)
+        app.state.models = FakeModels()
+        try:
+            yield
+        finally:
+            await close_auth(app.state)
+
+    app = FastAPI(lifespan=lifespan)
+    install(app, settings)
+    app.include_router(auth_router.router)
+    app.include_router(admin_router.router)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/predict")
+    async def predict(principal: PredictPrincipal) -> dict[str, Any]:
+        return {"price": 12345.0, "user": principal.username}
+
+    @app.get("/v1/models")
+    async def models(principal: PredictPrincipal) -> dict[str, str]:
+        return {"name": "car-price"}
+
+    # /v2 the way a router-wide dependency protects it.
+    v2 = APIRouter(prefix="/v2", dependencies=[Depends(require_role(Role.PREDICT))])
+
+    @v2.post("/models/car-price/infer")
+    async def infer() -> dict[str, Any]:
+        return {"outputs": [{"name": "price", "data": [1.0]}]}
+
+    app.include_router(v2)
+    return app
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the app, with the app's lifespan running.
+
+    httpx's ASGI transport rather than Starlette's ``TestClient``: that one warns (an error
+    here) unless ``httpx2`` is installed, and async tests can also drive a Redis outage.
+    """
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+def access_of(client: httpx.AsyncClient) -> Any:
+    """The app's ``AccessControl`` (``app.state.access``)."""
+    return client.app.state.access  # type: ignore[attr-defined]
+
+
+async def create_user(client: httpx.AsyncClient, username: str, password: str, role: Role) -> int:
+    """Create a user straight through the app's accounts store; its id."""
+    accounts = access_of(client).accounts
+    return int((await asyncio.to_thread(accounts.create_user, username, password, role)).id)
+
+
+async def login(client: httpx.AsyncClient, username: str, password: str) -> str:
+    """A bearer token for the user (asserts the login succeeds)."""
+    response = await client.post(
+        "/v1/auth/token", data={"username": username, "password": password}
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["access_token"])
+
+
+class RedisProxy:
+    """A TCP proxy in front of the real Redis that a test can take down and bring back.
+
+    Redis itself is shared by other tests, so an outage is made here rather than by stopping
+    the server; the limiter still talks to a real Redis through real sockets.
+    """
+
+    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 6379)) -> None:
+        self.target = target
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/2"
+
+    async def up(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def down(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self._writers.update({writer, up_writer})
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update({writer, up_writer})
