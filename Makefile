@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 ROWS ?= 20000
 SEED ?= 42
 
-.PHONY: setup data train run serve test test-all lint format services bench bench-pipeline bench-pipeline-1m clean
+.PHONY: setup data train run serve test lint format services bench bench-quality bench-pipeline bench-pipeline-1m clean
 
 $(BIN)/carprice: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,9 @@ bench-pipeline: setup ## time every stage of `dvc repro` on the default data, an
 
 bench-pipeline-1m: setup ## the same on 1,000,000 rows (several minutes)
 	python benchmarks/pipeline.py --rows 1000000
+
+bench-quality: setup ## model RMSE vs irreducible error and MAE vs a linear baseline
+	python benchmarks/quality.py
 
 bench: setup ## serving benchmark (see benchmarks/serving.py)
 	python benchmarks/serving.py

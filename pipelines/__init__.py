@@ -1,1 +1,1 @@
-"""Offline half: one module per DVC stage (validate, preprocess, train, evaluate) and what they share."""
+"""Offline half: one module per DVC stage (validate, preprocess, train, evaluate) + shared parts."""

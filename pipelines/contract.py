@@ -12,8 +12,15 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pipelines.catalog import BODY_TYPES, CATALOG, COLORS, FUEL_TYPES, OWNER_TYPES
-from pipelines.catalog import SELLER_TYPES, TRANSMISSIONS
+from pipelines.catalog import (
+    BODY_TYPES,
+    CATALOG,
+    COLORS,
+    FUEL_TYPES,
+    OWNER_TYPES,
+    SELLER_TYPES,
+    TRANSMISSIONS,
+)
 
 TARGET = "selling_price"
 CATEGORICAL = (

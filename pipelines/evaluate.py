@@ -19,7 +19,7 @@ import pandas as pd
 
 from pipelines.atomic import atomic_path, write_text
 from pipelines.contract import CATEGORICAL, FEATURES, NUMERICAL
-from pipelines.params import Params, load_params
+from pipelines.params import load_params
 from pipelines.preprocess import PROCESSED
 from pipelines.train import RUN_INFO, split_xy
 
@@ -180,11 +180,16 @@ def main() -> int:
     plot_data["residual"] = (plot_data["predicted"] - plot_data["actual"]).round(2)
     with atomic_path(REPORTS / "predictions.csv") as tmp:
         plot_data.to_csv(tmp, index=False)
-    write_text(REPORTS / "metrics.json", json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2))
+    write_text(
+        REPORTS / "metrics.json", json.dumps({k: round(v, 4) for k, v in metrics.items()}, indent=2)
+    )
     write_text(REPORTS / "segments.json", json.dumps(segments, indent=2))
     write_text(
         REPORTS / "feature_importance.json",
-        json.dumps({k: round(float(v), 4) for k, v in importance.sort_values(ascending=False).items()}, indent=2),
+        json.dumps(
+            {k: round(float(v), 4) for k, v in importance.sort_values(ascending=False).items()},
+            indent=2,
+        ),
     )
 
     with mlflow.start_run(run_id=run_info["run_id"]):
@@ -210,7 +215,8 @@ def main() -> int:
         mlflow.log_artifact(str(path))
         mlflow.set_tag("gate_decision", "promoted" if decision.promoted else "challenger")
     print(json.dumps({"metrics": {k: round(v, 4) for k, v in metrics.items()}}))
-    print(f"{decision.model_name} v{decision.candidate_version} -> @{decision.alias}: {decision.reason}")
+    version = f"{decision.model_name} v{decision.candidate_version}"
+    print(f"{version} -> @{decision.alias}: {decision.reason}")
     return 0
 
 

@@ -29,8 +29,10 @@ REPORT = Path("reports/preprocess.json")
 
 def read_listings(path: Path, contract: DataContract) -> pd.DataFrame:
     """Read listings with contract types: text for categories, float64 for numbers."""
-    dtypes = {c.name: ("object" if c.kind == "categorical" else "float64") for c in contract.columns}
-    df = pd.read_csv(path, dtype=dtypes, usecols=list(dtypes))  # type: ignore[call-overload]
+    dtypes = {
+        c.name: ("object" if c.kind == "categorical" else "float64") for c in contract.columns
+    }
+    df = pd.read_csv(path, dtype=dtypes, usecols=list(dtypes))
     return df[[c.name for c in contract.columns]]
 
 
@@ -93,9 +95,7 @@ def _write_parquet(df: pd.DataFrame, path: Path) -> None:
 
 def run(params: Params, out_dir: Path = PROCESSED, report: Path = REPORT) -> dict[str, int]:
     """Read ``params.data.raw``, clean, split and write the Parquet outputs and the report."""
-    contract = build_contract(
-        params.validate_.min_rows, params.validate_.max_unknown_category_rate
-    )
+    contract = build_contract(params.validate_.min_rows, params.validate_.max_unknown_category_rate)
     cleaned, counts = clean(read_listings(params.data.raw, contract), contract)
     train, test, reference = split(cleaned, params.preprocess)
     for name, frame in (("train", train), ("test", test), ("reference", reference)):

@@ -78,8 +78,9 @@ def _production_mae(
         model = mlflow.pyfunc.load_model(f"models:/{name}/{current.version}")
         predicted = np.asarray(model.predict(x), dtype=float)
     except Exception as exc:  # a production model we cannot even score must not block a fix
-        log.warning("production version %s cannot be scored (%s); treating as absent",
-                    current.version, exc)
+        log.warning(
+            "production version %s cannot be scored (%s); treating as absent", current.version, exc
+        )
         return str(current.version), None
     return str(current.version), float(np.mean(np.abs(predicted - y.to_numpy())))
 

@@ -68,7 +68,8 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...], p: np.ndarray) -> 
     cum = np.cumsum(p / p.sum(axis=1, keepdims=True), axis=1)
     u = rng.random(len(p))[:, None]
     idx = np.minimum((u > cum).sum(axis=1), len(options) - 1)
-    return np.asarray(options, dtype=object)[idx]
+    chosen: np.ndarray = np.asarray(options, dtype=object)[idx]
+    return chosen
 
 
 def generate(rows: int, seed: int) -> Sample:
@@ -120,8 +121,9 @@ def generate(rows: int, seed: int) -> Sample:
     spec = np.vectorize(SPECIFIC_POWER.__getitem__)(fuel)
     tier_power = np.vectorize(TIER_POWER.__getitem__)(tier)
     power = np.round(litre * spec * tier_power * rng.lognormal(0, 0.08, rows), 1)
-    torque = np.round(power * np.vectorize(TORQUE_PER_BHP.__getitem__)(fuel)
-                      * rng.lognormal(0, 0.05, rows), 1)
+    torque = np.round(
+        power * np.vectorize(TORQUE_PER_BHP.__getitem__)(fuel) * rng.lognormal(0, 0.05, rows), 1
+    )
     mileage = (
         26.0
         - 3.4 * litre

@@ -71,7 +71,9 @@ def split_xy(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     return x, df[TARGET].astype("float64")
 
 
-def cross_validated_metrics(model: Any, x: pd.DataFrame, y: pd.Series, params: TrainParams) -> dict[str, float]:
+def cross_validated_metrics(
+    model: Any, x: pd.DataFrame, y: pd.Series, params: TrainParams
+) -> dict[str, float]:
     """K-fold RMSE/MAE/R² (mean and std over folds); empty when ``cv_folds`` < 2."""
     if params.cv_folds < 2:
         return {}
@@ -81,7 +83,11 @@ def cross_validated_metrics(model: Any, x: pd.DataFrame, y: pd.Series, params: T
         x,
         y,
         cv=folds,
-        scoring={"rmse": "neg_root_mean_squared_error", "mae": "neg_mean_absolute_error", "r2": "r2"},
+        scoring={
+            "rmse": "neg_root_mean_squared_error",
+            "mae": "neg_mean_absolute_error",
+            "r2": "r2",
+        },
         n_jobs=1,
     )
     out = {}
@@ -121,7 +127,8 @@ def signature_for(contract: DataContract) -> Any:
         for c in contract.feature_columns
     ]
     return ModelSignature(
-        inputs=Schema(cols), outputs=Schema([TensorSpec(np.dtype("float64"), (-1,))])
+        inputs=Schema(list[ColSpec | TensorSpec](cols)),
+        outputs=Schema([TensorSpec(np.dtype("float64"), (-1,))]),
     )
 
 
@@ -137,7 +144,9 @@ def _pip_requirements() -> list[str]:
     loads the model in a subprocess and costs ~10 s per run."""
     from importlib.metadata import version
 
-    return [f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "skops", "numpy", "pandas")]
+    return [
+        f"{pkg}=={version(pkg)}" for pkg in ("mlflow", "scikit-learn", "skops", "numpy", "pandas")
+    ]
 
 
 def log_run(
@@ -195,7 +204,10 @@ def main() -> int:
     metrics["train_rows"] = float(len(x))
     tracking.configure()
     tags = {"stage": "train", "model_family": "hist_gradient_boosting"}
-    for key, value in (("git_commit", tracking.git_commit()), ("dvc_data_md5", tracking.dvc_data_hash())):
+    for key, value in (
+        ("git_commit", tracking.git_commit()),
+        ("dvc_data_md5", tracking.dvc_data_hash()),
+    ):
         if value:
             tags[key] = value
     example = x.head(5)

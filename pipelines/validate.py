@@ -115,7 +115,9 @@ def _text_expectations(contract: DataContract, present: set[str]) -> list[Any]:
     exps: list[Any] = [gx.expectations.ExpectColumnToExist(column=c.name) for c in contract.columns]
     for spec in contract.columns:
         if spec.kind != "categorical" and spec.name in present:
-            exps.append(gx.expectations.ExpectColumnValuesToMatchRegex(column=spec.name, regex=_NUMBER))
+            exps.append(
+                gx.expectations.ExpectColumnValuesToMatchRegex(column=spec.name, regex=_NUMBER)
+            )
     return exps
 
 
@@ -153,7 +155,6 @@ def _value_expectations(contract: DataContract, present: set[str]) -> list[Any]:
 
 def _run_suite(df: pd.DataFrame, name: str, expectations: list[Any]) -> Any:
     import great_expectations as gx
-
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     logging.getLogger("great_expectations").setLevel(logging.WARNING)
@@ -168,8 +169,9 @@ def _run_suite(df: pd.DataFrame, name: str, expectations: list[Any]) -> Any:
     for exp in expectations:
         suite.add_expectation(exp)
     batch = batch_def.get_batch(batch_parameters={"dataframe": df})
-    return batch.validate(suite, result_format={"result_format": "SUMMARY",
-                                                "partial_unexpected_count": _MAX_EXAMPLES})
+    return batch.validate(
+        suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": _MAX_EXAMPLES}
+    )
 
 
 def _describe(cfg: dict[str, Any]) -> str:
@@ -188,7 +190,7 @@ def _describe(cfg: dict[str, Any]) -> str:
         return f"values outside {low} {kw.get('min_value')} and <= {kw.get('max_value')}"
     if kind == "expect_table_row_count_to_be_between":
         return f"too few rows (need at least {kw.get('min_value')})"
-    return kind
+    return str(kind)
 
 
 def _failures(result: Any) -> list[Failure]:

@@ -6,6 +6,7 @@ brings a database to the newest schema without an ``alembic.ini`` in the working
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -80,10 +81,16 @@ def alembic_config() -> Config:
     return config
 
 
+# Alembic runs env.py through module-global proxies (alembic.context, alembic.op): two
+# migrations in one process at once would trample each other. Across processes, env.py takes a
+# PostgreSQL advisory lock.
+_ALEMBIC_LOCK = threading.Lock()
+
+
 def upgrade_engine(engine: Engine, revision: str = "head") -> None:
     """Apply the migrations up to ``revision`` through ``engine``."""
     config = alembic_config()
-    with engine.begin() as connection:
+    with _ALEMBIC_LOCK, engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
@@ -102,7 +109,7 @@ def downgrade(url: str, revision: str) -> None:
     engine = create_db_engine(url)
     config = alembic_config()
     try:
-        with engine.begin() as connection:
+        with _ALEMBIC_LOCK, engine.begin() as connection:
             config.attributes["connection"] = connection
             command.downgrade(config, revision)
     finally:

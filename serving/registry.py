@@ -73,11 +73,13 @@ class Registry:
             )
         return self._client
 
-    def _info(self, mv: Any, metrics: dict[str, float] | None = None) -> VersionInfo:
+    def _info(
+        self, mv: Any, metrics: dict[str, float] | None = None, aliases: list[str] | None = None
+    ) -> VersionInfo:
         return VersionInfo(
             name=str(mv.name),
             version=str(mv.version),
-            aliases=tuple(sorted(mv.aliases or ())),
+            aliases=tuple(sorted(aliases if aliases is not None else (mv.aliases or ()))),
             status=str(mv.status),
             run_id=mv.run_id or None,
             source=str(mv.source),
@@ -105,11 +107,15 @@ class Registry:
 
     def version_for_alias(self, alias: str) -> VersionInfo | None:
         """The version that ``alias`` points to, None if the model or alias does not exist."""
-        mv = self._guard(
-            f"resolving {self.model_name}@{alias}",
-            lambda: self._mlflow().get_model_version_by_alias(self.model_name, alias),
+        # Through the registered model: a missing alias is an error code that differs between
+        # stores, a missing model is RESOURCE_DOES_NOT_EXIST everywhere.
+        model = self._guard(
+            f"reading {self.model_name}",
+            lambda: self._mlflow().get_registered_model(self.model_name),
         )
-        return None if mv is None else self._info(mv)
+        if model is None or alias not in model.aliases:
+            return None
+        return self.get_version(str(model.aliases[alias]))
 
     def get_version(self, version: str) -> VersionInfo | None:
         """Version ``version`` of the model, None if it is not registered."""
@@ -125,6 +131,10 @@ class Registry:
 
         def fetch() -> list[VersionInfo]:
             client = self._mlflow()
+            # Searched versions come without their aliases: take them from the model.
+            aliases: dict[str, list[str]] = {}
+            for alias, version in client.get_registered_model(self.model_name).aliases.items():
+                aliases.setdefault(str(version), []).append(alias)
             out = []
             for mv in client.search_model_versions(f"name='{escaped}'"):
                 metrics: dict[str, float] = {}
@@ -132,7 +142,7 @@ class Registry:
                     run = self._guard("reading a run", lambda r=mv.run_id: client.get_run(r))
                     if run is not None:
                         metrics = {k: float(v) for k, v in sorted(run.data.metrics.items())}
-                out.append(self._info(mv, metrics))
+                out.append(self._info(mv, metrics, aliases.get(str(mv.version), [])))
             return sorted(out, key=lambda v: int(v.version), reverse=True)
 
         found = self._guard(f"listing versions of {self.model_name}", fetch)

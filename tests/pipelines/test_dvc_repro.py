@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,9 @@ class Repo:
             list(args), cwd=self.path, env=self.env, capture_output=True, text=True, timeout=600
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+            raise AssertionError(
+                f"{args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
         return proc
 
     def production_version(self) -> str:
@@ -59,12 +61,18 @@ class Repo:
         files += sorted((self.path / "data" / "processed").glob("*.parquet"))
         files += sorted((self.path / "reports").glob("*.json"))
         files = [f for f in files if f.name != "validation.json"]  # the failure report itself
-        return {str(f.relative_to(self.path)): hashlib.md5(f.read_bytes()).hexdigest() for f in files}
+        return {
+            str(f.relative_to(self.path)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files
+        }
 
 
 def _copy_repo(dest: Path) -> None:
     listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     for rel in listed:
         src = ROOT / rel
@@ -76,7 +84,7 @@ def _copy_repo(dest: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     path = tmp_path_factory.mktemp("repo")
     _copy_repo(path)
     (path / "dvc.lock").unlink(missing_ok=True)
@@ -93,15 +101,17 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
     (path / "mlruns-test").mkdir()
     env.update(
         MLFLOW_TRACKING_URI=uri,
-        GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.com",
-        GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
     )
     r = Repo(path, env, uri)
     r.run("git", "init", "-q", "-b", "main")
     r.run("dvc", "commit", "-f", "-q", "data.dvc")
     r.run("git", "add", "-A")
     r.run("git", "commit", "-q", "-m", "copy")
-    yield r
+    return r
 
 
 def test_first_repro_registers_and_promotes(repo: Repo) -> None:

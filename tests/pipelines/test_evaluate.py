@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 
 from pipelines.contract import DataContract
-from pipelines.evaluate import feature_importance, linear_baseline_mae, plot_all, regression_metrics, segment_errors
+from pipelines.evaluate import (
+    feature_importance,
+    linear_baseline_mae,
+    plot_all,
+    regression_metrics,
+    segment_errors,
+)
 from pipelines.params import TrainParams
 from pipelines.train import fit, split_xy
 
@@ -31,7 +37,9 @@ def test_segments_cover_every_row(listings: pd.DataFrame) -> None:
         assert all(s["mape"] == pytest.approx(10.0) for s in table.values())
 
 
-def test_model_beats_linear_baseline_and_plots(tmp_path: Path, listings: pd.DataFrame, contract: DataContract) -> None:
+def test_model_beats_linear_baseline_and_plots(
+    tmp_path: Path, listings: pd.DataFrame, contract: DataContract
+) -> None:
     train, test = listings.iloc[:2_400], listings.iloc[2_400:]
     x, y = split_xy(train)
     model = fit(TrainParams(max_iter=150, cv_folds=0), contract, x, y)

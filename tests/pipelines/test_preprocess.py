@@ -17,7 +17,9 @@ def test_read_listings_types(csv_file: Path, contract: DataContract) -> None:
     assert df["engine_cc"].isna().any()
 
 
-def test_clean_drops_duplicates_and_impossible_rows(listings: pd.DataFrame, contract: DataContract) -> None:
+def test_clean_drops_duplicates_and_impossible_rows(
+    listings: pd.DataFrame, contract: DataContract
+) -> None:
     df = listings.astype({"engine_cc": "float64", "seats": "float64"})
     dupes = df.head(5)
     bad = df.iloc[5:8].copy()
@@ -55,5 +57,7 @@ def test_split_is_seeded_and_disjoint(listings: pd.DataFrame) -> None:
 
 
 def test_reference_is_capped_by_train_size(listings: pd.DataFrame) -> None:
-    _, _, ref = split(listings.head(100), PreprocessParams(test_size=0.5, seed=1, reference_rows=5000))
+    _, _, ref = split(
+        listings.head(100), PreprocessParams(test_size=0.5, seed=1, reference_rows=5000)
+    )
     assert len(ref) == 50

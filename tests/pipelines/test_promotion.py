@@ -45,7 +45,9 @@ def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     mlflow.set_tracking_uri(None)
 
 
-def _candidate(listings: pd.DataFrame, contract: DataContract, max_iter: int) -> tuple[dict[str, str], float]:
+def _candidate(
+    listings: pd.DataFrame, contract: DataContract, max_iter: int
+) -> tuple[dict[str, str], float]:
     train, test = listings.iloc[:2_400], listings.iloc[2_400:]
     x, y = split_xy(train)
     params = Params(train=TrainParams(max_iter=max_iter, cv_folds=0))
@@ -64,14 +66,18 @@ def test_gate_promotes_first_then_keeps_production_for_a_worse_model(
     _, test = listings.iloc[:2_400], listings.iloc[2_400:]
     xt, yt = split_xy(test)
     good, good_mae = _candidate(listings, contract, max_iter=150)
-    first = register_and_gate(good["model_uri"], good["run_id"], "car-price", good_mae, xt, yt, 0.01)
+    first = register_and_gate(
+        good["model_uri"], good["run_id"], "car-price", good_mae, xt, yt, 0.01
+    )
     assert first.promoted
     assert first.candidate_version == "1"
     assert first.alias == PRODUCTION
 
     worse, worse_mae = _candidate(listings, contract, max_iter=3)
     assert worse_mae > good_mae
-    second = register_and_gate(worse["model_uri"], worse["run_id"], "car-price", worse_mae, xt, yt, 0.01)
+    second = register_and_gate(
+        worse["model_uri"], worse["run_id"], "car-price", worse_mae, xt, yt, 0.01
+    )
     assert not second.promoted
     assert second.alias == CHALLENGER
     assert second.production_version == "1"

@@ -44,9 +44,14 @@ def test_joint_distributions_are_plausible() -> None:
     km_per_year = df["km_driven"] / (age + 0.5)
     diesel = df["fuel_type"] == "Diesel"
     assert km_per_year[diesel].median() > 1.3 * km_per_year[~diesel].median()
-    assert (df.groupby("fuel_type")["torque_nm"].median() / df.groupby("fuel_type")["max_power_bhp"].median())["Diesel"] > 2
+    assert (
+        df.groupby("fuel_type")["torque_nm"].median()
+        / df.groupby("fuel_type")["max_power_bhp"].median()
+    )["Diesel"] > 2
     tiers = df["brand"].map({b: v.tier for b, v in CATALOG.items()})
-    assert df.loc[tiers == "luxury", TARGET].median() > 2 * df.loc[tiers == "budget", TARGET].median()
+    assert (
+        df.loc[tiers == "luxury", TARGET].median() > 2 * df.loc[tiers == "budget", TARGET].median()
+    )
     young = df[age <= 2]
     old = df[age >= 12]
     assert young[TARGET].median() > 2 * old[TARGET].median()
@@ -71,6 +76,8 @@ def test_cli_sample_writes_the_file(tmp_path: Path) -> None:
     from carprice.cli import app
 
     out = tmp_path / "raw" / "cars.csv"
-    result = CliRunner().invoke(app, ["data", "sample", "--rows", "100", "--seed", "1", "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["data", "sample", "--rows", "100", "--seed", "1", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(out)) == 100

@@ -11,7 +11,9 @@ from pipelines.train import build_model, cross_validated_metrics, fit, signature
 FAST = TrainParams(max_iter=60, cv_folds=0)
 
 
-def test_fit_predicts_positive_prices_for_every_row(listings: pd.DataFrame, contract: DataContract) -> None:
+def test_fit_predicts_positive_prices_for_every_row(
+    listings: pd.DataFrame, contract: DataContract
+) -> None:
     x, y = split_xy(listings)
     model = fit(FAST, contract, x, y)
     predicted = model.predict(x)
@@ -21,7 +23,9 @@ def test_fit_predicts_positive_prices_for_every_row(listings: pd.DataFrame, cont
     assert np.corrcoef(predicted, y)[0, 1] > 0.9
 
 
-def test_unknown_and_missing_categories_are_handled(listings: pd.DataFrame, contract: DataContract) -> None:
+def test_unknown_and_missing_categories_are_handled(
+    listings: pd.DataFrame, contract: DataContract
+) -> None:
     x, y = split_xy(listings)
     model = fit(FAST, contract, x, y)
     odd = x.head(3).copy()
@@ -39,7 +43,9 @@ def test_log_target_is_optional(listings: pd.DataFrame, contract: DataContract) 
     assert np.isfinite(raw.fit(x, y).predict(x.head())).all()
 
 
-def test_cross_validation_reports_mean_and_spread(listings: pd.DataFrame, contract: DataContract) -> None:
+def test_cross_validation_reports_mean_and_spread(
+    listings: pd.DataFrame, contract: DataContract
+) -> None:
     x, y = split_xy(listings)
     params = TrainParams(max_iter=30, cv_folds=3)
     metrics = cross_validated_metrics(build_model(params, contract), x, y, params)
@@ -58,7 +64,9 @@ def test_signature_marks_nullable_columns_optional(contract: DataContract) -> No
     assert inputs["color"].type.name == "string"
 
 
-@pytest.mark.parametrize("bad", [{"learning_rate": 0}, {"max_iter": 0}, {"cv_folds": -1}, {"nonsense": 1}])
+@pytest.mark.parametrize(
+    "bad", [{"learning_rate": 0}, {"max_iter": 0}, {"cv_folds": -1}, {"nonsense": 1}]
+)
 def test_bad_params_are_refused(bad: dict[str, object]) -> None:
     from pydantic import ValidationError
 

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from pipelines.contract import DataContract
-from pipelines.validate import DataFileError, read_raw, validate
 from pipelines.synthetic import write_csv
+from pipelines.validate import DataFileError, read_raw, validate
 
 
 def _check(path: Path, contract: DataContract):
@@ -43,32 +43,46 @@ def test_binary_file_is_refused(tmp_path: Path) -> None:
         read_raw(path)
 
 
-def test_header_only_fails_row_count(tmp_path: Path, listings: pd.DataFrame, contract: DataContract) -> None:
+def test_header_only_fails_row_count(
+    tmp_path: Path, listings: pd.DataFrame, contract: DataContract
+) -> None:
     report = _check(_write(listings.head(0), tmp_path), contract)
     assert not report.success
-    failure = next(f for f in report.failures if f.expectation == "expect_table_row_count_to_be_between")
+    failure = next(
+        f for f in report.failures if f.expectation == "expect_table_row_count_to_be_between"
+    )
     assert "too few rows" in failure.message
     assert "found 0" in failure.message
 
 
-def test_missing_column_is_named(tmp_path: Path, listings: pd.DataFrame, contract: DataContract) -> None:
+def test_missing_column_is_named(
+    tmp_path: Path, listings: pd.DataFrame, contract: DataContract
+) -> None:
     report = _check(_write(listings.drop(columns=["km_driven"]), tmp_path), contract)
-    assert [(f.expectation, f.column) for f in report.failures] == [("expect_column_to_exist", "km_driven")]
+    assert [(f.expectation, f.column) for f in report.failures] == [
+        ("expect_column_to_exist", "km_driven")
+    ]
     assert "km_driven" in report.summary()
 
 
-def test_non_numeric_value_reports_rows_and_examples(tmp_path: Path, listings: pd.DataFrame, contract: DataContract) -> None:
+def test_non_numeric_value_reports_rows_and_examples(
+    tmp_path: Path, listings: pd.DataFrame, contract: DataContract
+) -> None:
     df = listings.astype({"engine_cc": object})
     df.loc[df.index[:7], "engine_cc"] = "1.6L"
     report = _check(_write(df, tmp_path), contract)
-    failure = next(f for f in report.failures if f.expectation == "expect_column_values_to_match_regex")
+    failure = next(
+        f for f in report.failures if f.expectation == "expect_column_values_to_match_regex"
+    )
     assert failure.column == "engine_cc"
     assert failure.unexpected_count == 7
     assert failure.examples == ["1.6L"]
 
 
 @pytest.mark.parametrize("price", [0, -100])
-def test_non_positive_price_is_refused(tmp_path: Path, listings: pd.DataFrame, contract: DataContract, price: int) -> None:
+def test_non_positive_price_is_refused(
+    tmp_path: Path, listings: pd.DataFrame, contract: DataContract, price: int
+) -> None:
     df = listings.copy()
     df.loc[df.index[:3], "selling_price"] = price
     report = _check(_write(df, tmp_path), contract)
@@ -77,7 +91,9 @@ def test_non_positive_price_is_refused(tmp_path: Path, listings: pd.DataFrame, c
     assert "> 0" in failure.message
 
 
-def test_unknown_categories_over_the_allowed_rate(tmp_path: Path, listings: pd.DataFrame, contract: DataContract) -> None:
+def test_unknown_categories_over_the_allowed_rate(
+    tmp_path: Path, listings: pd.DataFrame, contract: DataContract
+) -> None:
     df = listings.copy()
     df.loc[df.index[:60], "brand"] = "Tesla"  # 2 % > 1 % allowed
     report = _check(_write(df, tmp_path), contract)
@@ -86,13 +102,17 @@ def test_unknown_categories_over_the_allowed_rate(tmp_path: Path, listings: pd.D
     assert failure.examples == ["Tesla"]
 
 
-def test_unknown_categories_under_the_allowed_rate_pass(tmp_path: Path, listings: pd.DataFrame, contract: DataContract) -> None:
+def test_unknown_categories_under_the_allowed_rate_pass(
+    tmp_path: Path, listings: pd.DataFrame, contract: DataContract
+) -> None:
     df = listings.copy()
     df.loc[df.index[:15], "brand"] = "Tesla"  # 0.5 %
     assert _check(_write(df, tmp_path), contract).success
 
 
-def test_entirely_null_column(tmp_path: Path, listings: pd.DataFrame, contract: DataContract) -> None:
+def test_entirely_null_column(
+    tmp_path: Path, listings: pd.DataFrame, contract: DataContract
+) -> None:
     df = listings.copy()
     df["mileage_kmpl"] = None
     report = _check(_write(df, tmp_path), contract)
@@ -109,7 +129,9 @@ def test_out_of_range_value(tmp_path: Path, listings: pd.DataFrame, contract: Da
     assert report.failures[0].examples == [1850.0]
 
 
-def test_report_json_is_complete(tmp_path: Path, listings: pd.DataFrame, contract: DataContract) -> None:
+def test_report_json_is_complete(
+    tmp_path: Path, listings: pd.DataFrame, contract: DataContract
+) -> None:
     import json
 
     df = listings.drop(columns=["color"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -138,20 +140,32 @@ def test_in_memory_sqlite_is_one_database_across_threads() -> None:
 
 @pytest.mark.postgres
 def test_concurrent_start_ups_migrate_once() -> None:
-    """Several workers starting at once against one PostgreSQL database: no CREATE TABLE race."""
+    """Workers starting at once against one PostgreSQL database: no CREATE TABLE race."""
     with postgres_database() as url:
-        errors: list[BaseException] = []
-
-        def start() -> None:
-            try:
-                upgrade(url)
-            except BaseException as exc:  # collected and asserted below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=start) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert errors == []
+        code = "import sys; from serving.db import upgrade; upgrade(sys.argv[1])"
+        workers = [
+            subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE)
+            for _ in range(3)
+        ]
+        failures = [w.stderr.read().decode() for w in workers if w.wait(60) != 0 and w.stderr]
+        assert failures == []
         assert current_revision(url) == head_revision()
+
+
+def test_migrations_in_threads_of_one_process_are_serialised(tmp_path: Path) -> None:
+    urls = [f"sqlite:///{tmp_path}/t{i}.db" for i in range(4)]
+    errors: list[BaseException] = []
+
+    def start(url: str) -> None:
+        try:
+            upgrade(url)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(url,)) for url in urls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert {current_revision(url) for url in urls} == {head_revision()}
