@@ -132,11 +132,13 @@ def signature_for(contract: DataContract) -> Any:
     )
 
 
-def _trusted_types(model: Any) -> list[str]:
-    """The types skops must trust to load this model: the ones we just built it from."""
-    import skops.io
-
-    return list(skops.io.get_untrusted_types(data=skops.io.dumps(model)))
+# Types skops does not trust by default that this model is built from (checked by a test):
+# declaring them lets MLflow store and load the model without pickle.
+SKOPS_TRUSTED_TYPES = [
+    "functools.partial",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.utils.validation.check_array",
+]
 
 
 def _pip_requirements() -> list[str]:
@@ -181,7 +183,7 @@ def log_run(
             signature=signature_for(contract),
             input_example=example,
             serialization_format="skops",
-            skops_trusted_types=_trusted_types(model),
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
             pip_requirements=_pip_requirements(),
             extra_files=[str(contract_path), str(reference_path)],
             metadata={"feature_columns": list(FEATURES), "target": TARGET},

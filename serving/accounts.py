@@ -19,7 +19,7 @@ from serving.apikeys import GeneratedKey, KeyRecord, generate_api_key
 from serving.db import Database
 from serving.models_db import ApiKey, User, utcnow
 from serving.passwords import PasswordHasher
-from serving.principals import Role, UnknownApiKeyError, UnknownUserError, UserExistsError
+from serving.principals import Role, UnknownApiKey, UnknownUser, UserExists
 
 USERNAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 """Allowed user names: 1-64 characters, letters, digits and ``._@-``."""
@@ -69,7 +69,7 @@ def _key_info(key: ApiKey, username: str) -> KeyInfo:
 def _user_named(session: Session, username: str) -> User:
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
-        raise UnknownUserError(username)
+        raise UnknownUser(username)
     return user
 
 
@@ -89,7 +89,7 @@ class Accounts:
 
     # --- users ---
     def create_user(self, username: str, password: str, role: Role) -> UserInfo:
-        """Create a user; raises ``UserExistsError``, ``ValueError`` or ``PasswordPolicyError``."""
+        """Create a user; raises ``UserExists``, ``ValueError`` or ``PasswordPolicyError``."""
         validate_username(username)
         password_hash = self.hasher.hash(password)
         try:
@@ -99,7 +99,7 @@ class Accounts:
                 session.flush()
                 return _user_info(user)
         except IntegrityError:
-            raise UserExistsError(f"user {username!r} already exists") from None
+            raise UserExists(f"user {username!r} already exists") from None
 
     def list_users(self) -> list[UserInfo]:
         """Every user, by name."""
@@ -121,14 +121,14 @@ class Accounts:
             return info
 
     def set_password(self, username: str, password: str) -> None:
-        """Replace a user's password (raises ``UnknownUserError`` or ``PasswordPolicyError``)."""
+        """Replace a user's password (raises ``UnknownUser`` or ``PasswordPolicyError``)."""
         password_hash = self.hasher.hash(password)
         with self.db.session() as session:
             result = session.execute(
                 update(User).where(User.username == username).values(password_hash=password_hash)
             )
             if result.rowcount == 0:  # type: ignore[attr-defined]
-                raise UnknownUserError(username)
+                raise UnknownUser(username)
 
     def set_role(self, username: str, role: Role) -> UserInfo:
         """Change a user's role (tokens and keys follow within the cache TTL)."""
@@ -152,7 +152,7 @@ class Accounts:
 
     # --- API keys ---
     def create_key(self, username: str, name: str | None = None) -> NewKey:
-        """A new key for ``username`` (or ``UnknownUserError``); the plaintext is in the result."""
+        """A new key for ``username`` (or ``UnknownUser``); the plaintext is in the result."""
         with self.db.session() as session:
             user = _user_named(session, username)
             for _ in range(5):  # a prefix collision (40 bits) is rare; retry rather than fail
@@ -181,13 +181,13 @@ class Accounts:
             return [_key_info(key, name) for key, name in session.execute(query).tuples()]
 
     def revoke_key(self, key_id: int) -> KeyInfo:
-        """Revoke a key (idempotent; raises ``UnknownApiKeyError``)."""
+        """Revoke a key (idempotent; raises ``UnknownApiKey``)."""
         with self.db.session() as session:
             row = session.execute(
                 select(ApiKey, User.username).join(User).where(ApiKey.id == key_id)
             ).first()
             if row is None:
-                raise UnknownApiKeyError(str(key_id))
+                raise UnknownApiKey(str(key_id))
             key, username = row.tuple()
             if key.revoked_at is None:
                 key.revoked_at = utcnow()

@@ -23,7 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from serving.principals import NotAuthenticatedError, Principal, Role
+from serving.principals import NotAuthenticated, Principal, Role
 from serving.ttlcache import TTLCache
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ MAX_KEY_LENGTH = 128
 """Longer ``X-API-Key`` values are refused before any parsing (ours are 58 characters)."""
 
 
-class InvalidApiKeyError(NotAuthenticatedError):
+class InvalidApiKey(NotAuthenticated):
     """The API key is malformed, unknown, revoked or wrong."""
 
 
@@ -100,18 +100,18 @@ class ApiKeyVerifier:
         self._used: dict[int, float] = {}
 
     async def verify(self, key: str) -> Principal:
-        """The principal ``key`` belongs to; raises ``InvalidApiKeyError`` otherwise."""
+        """The principal ``key`` belongs to; raises ``InvalidApiKey`` otherwise."""
         prefix = key_prefix(key)
         if prefix is None:
-            raise InvalidApiKeyError("malformed API key")
+            raise InvalidApiKey("malformed API key")
         record = await self.cache.get(prefix, self._find)
         if record is None:
-            raise InvalidApiKeyError(f"unknown API key prefix {prefix}")
+            raise InvalidApiKey(f"unknown API key prefix {prefix}")
         # Constant-time comparison of the hashes: timing reveals nothing about the secret.
         if not hmac.compare_digest(hash_api_key(key), record.secret_hash):
-            raise InvalidApiKeyError(f"wrong secret for API key {prefix}")
+            raise InvalidApiKey(f"wrong secret for API key {prefix}")
         if record.revoked:
-            raise InvalidApiKeyError(f"revoked API key {prefix}")
+            raise InvalidApiKey(f"revoked API key {prefix}")
         self._used[record.key_id] = time.time()
         return Principal(
             user_id=record.user_id,

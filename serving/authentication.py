@@ -1,4 +1,4 @@
-"""Who is calling: a bearer token or API key in, a ``Principal`` (or ``NotAuthenticatedError``) out.
+"""Who is calling: a bearer token or API key in, a ``Principal`` (or ``NotAuthenticated``) out.
 
 The hot paths do no database work per request:
 
@@ -24,14 +24,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from serving.accounts import Accounts, UserInfo
 from serving.apikeys import ApiKeyVerifier, KeyRecord
-from serving.principals import AccessError, NotAuthenticatedError, Principal, Role
+from serving.principals import AccessError, NotAuthenticated, Principal, Role
 from serving.tokens import IssuedToken, TokenService
 from serving.ttlcache import TTLCache
 
 T = TypeVar("T")
 
 
-class AuthUnavailableError(AccessError):
+class AuthUnavailable(AccessError):  # noqa: N818 - named for what happened
     """The user database could not be reached, so credentials cannot be checked now."""
 
 
@@ -58,7 +58,7 @@ class Authenticator:
         try:
             return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
         except SQLAlchemyError as exc:
-            raise AuthUnavailableError(f"user database unavailable: {type(exc).__name__}") from exc
+            raise AuthUnavailable(f"user database unavailable: {type(exc).__name__}") from exc
 
     async def _find_key(self, prefix: str) -> KeyRecord | None:
         return await self._in_thread(self.accounts.find_key, prefix)
@@ -67,7 +67,7 @@ class Authenticator:
         return await self._in_thread(self.accounts.get_user, user_id)
 
     async def by_api_key(self, key: str) -> Principal:
-        """The principal owning ``key`` (raises ``NotAuthenticatedError``)."""
+        """The principal owning ``key`` (raises ``NotAuthenticated``)."""
         return await self.keys.verify(key)
 
     async def by_token(self, token: str) -> Principal:
@@ -75,17 +75,17 @@ class Authenticator:
         claims = self.tokens.decode(token)
         user = await self.users.get(claims.user_id, self._find_user)
         if user is None:
-            raise NotAuthenticatedError(f"token of deleted user {claims.user_id}")
+            raise NotAuthenticated(f"token of deleted user {claims.user_id}")
         role = claims.role if user.role == Role.ADMIN else user.role
         return Principal(user_id=user.id, username=user.username, role=role, via="token")
 
     async def login(self, username: str, password: str) -> IssuedToken:
-        """A token for ``username`` if ``password`` is right (raises ``NotAuthenticatedError``)."""
+        """A token for ``username`` if ``password`` is right (raises ``NotAuthenticated``)."""
         user = await self._in_thread(
             self.accounts.check_password, username, password, limiter=self._login_slots
         )
         if user is None:
-            raise NotAuthenticatedError("bad user name or password")
+            raise NotAuthenticated("bad user name or password")
         return self.tokens.issue(user.id, user.role)
 
     async def flush_key_usage(self) -> None:
@@ -95,7 +95,7 @@ class Authenticator:
             return
         try:
             await self._in_thread(self.accounts.record_key_use, used)
-        except AuthUnavailableError:
+        except AuthUnavailable:
             self.keys.restore_usage(used)  # try again at the next flush
             raise
 

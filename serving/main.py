@@ -7,6 +7,7 @@ the model, the cache and the poller start in the lifespan and are closed after i
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from serving import logs
 from serving.cache import build_cache
 from serving.errors import install_error_handlers
 from serving.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from serving.model import load_version
 from serving.model_store import ModelStore
 from serving.prediction import PredictionService
 from serving.registry import Registry
@@ -53,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reload_interval=settings.reload_interval,
             pinned_max=settings.pinned_models_max,
             registry_timeout=settings.registry_timeout,
+            loader=functools.partial(load_version, threads=settings.model_threads),
         )
         cache = build_cache(settings)
         app.state.settings = settings

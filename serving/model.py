@@ -11,6 +11,7 @@ model input can change (micro-batching, a compiled fast path) without touching t
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import ThreadpoolController
 
 from serving.errors import ModelUnservable
 from serving.features import BY_NAME, FEATURE_NAMES, FEATURES, Row, make_row
@@ -46,10 +48,21 @@ class LoadedModel:
     example: tuple[Row, ...]
     contract: dict[str, Any] | None
     loaded_at: float
+    threads: int = 1
 
     def predict(self, rows: Sequence[Row]) -> np.ndarray:
         """Prices (float64, one per row) for validated rows."""
-        return np.asarray(self.estimator.predict(to_frame(rows)), dtype=np.float64).reshape(-1)
+        frame = to_frame(rows)
+        # OpenMP's thread count is per calling thread: set it in the thread that predicts.
+        with _openmp().limit(limits=self.threads, user_api="openmp"):
+            prices = self.estimator.predict(frame)
+        return np.asarray(prices, dtype=np.float64).reshape(-1)
+
+
+@functools.cache
+def _openmp() -> ThreadpoolController:
+    """The native thread pools of the loaded libraries (scanned once, after sklearn loads)."""
+    return ThreadpoolController()
 
 
 def to_frame(rows: Sequence[Row]) -> pd.DataFrame:
@@ -145,8 +158,10 @@ def smoke_test(model: LoadedModel) -> None:
         )
 
 
-def load_version(registry: Registry, info: VersionInfo) -> LoadedModel:
+def load_version(registry: Registry, info: VersionInfo, threads: int = 1) -> LoadedModel:
     """Download, load, check and smoke-test one version (blocking: call in a worker thread).
+
+    ``threads`` is the number of OpenMP threads each prediction may use.
 
     Raises:
         ModelUnservable: the version cannot be served (the message says why).
@@ -156,7 +171,7 @@ def load_version(registry: Registry, info: VersionInfo) -> LoadedModel:
     tmp = Path(tempfile.mkdtemp(prefix="carprice-model-"))
     try:
         path = registry.download(info.version, tmp)
-        model = _load_from(path, info)
+        model = _load_from(path, info, threads)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     smoke_test(model)
@@ -169,7 +184,7 @@ def load_version(registry: Registry, info: VersionInfo) -> LoadedModel:
     return model
 
 
-def _load_from(path: Path, info: VersionInfo) -> LoadedModel:
+def _load_from(path: Path, info: VersionInfo, threads: int) -> LoadedModel:
     from mlflow.models import Model
 
     label = f"{info.name}/{info.version}"
@@ -210,4 +225,5 @@ def _load_from(path: Path, info: VersionInfo) -> LoadedModel:
         example=rows,
         contract=contract,
         loaded_at=time.time(),
+        threads=threads,
     )

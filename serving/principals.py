@@ -47,7 +47,7 @@ class AccessError(Exception):
     """Base of the access-control errors (authentication, authorisation, rate limits)."""
 
 
-class NotAuthenticatedError(AccessError):
+class NotAuthenticated(AccessError):  # noqa: N818 - named for what happened
     """No valid credentials. The ``reason`` is for logs only: clients get a generic message.
 
     ``presented`` says whether credentials were sent at all (RFC 6750 adds
@@ -60,7 +60,7 @@ class NotAuthenticatedError(AccessError):
         self.presented = presented
 
 
-class ForbiddenError(AccessError):
+class Forbidden(AccessError):  # noqa: N818 - named for what happened
     """A valid principal without the role an endpoint needs."""
 
     def __init__(self, principal: Principal, required: Role) -> None:
@@ -69,13 +69,13 @@ class ForbiddenError(AccessError):
         self.required = required
 
 
-class UnknownUserError(LookupError):
+class UnknownUser(LookupError):  # noqa: N818 - named for what happened
     """No user of that name (administration, not authentication: that stays generic)."""
 
 
-class UnknownApiKeyError(LookupError):
+class UnknownApiKey(LookupError):  # noqa: N818 - named for what happened
     """No API key of that id."""
 
 
-class UserExistsError(ValueError):
+class UserExists(ValueError):  # noqa: N818 - named for what happened
     """A user of that name already exists."""

@@ -95,7 +95,7 @@ def _state(rate: Rate, count: int, reset_after: float) -> RateState:
     return RateState(limit=rate.limit, remaining=rate.limit - count, reset_after=reset_after)
 
 
-class RateLimitedError(AccessError):
+class RateLimited(AccessError):  # noqa: N818 - named for what happened
     """Too many requests from one principal (or, on login, one client address)."""
 
     def __init__(self, state: RateState) -> None:

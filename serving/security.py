@@ -35,16 +35,17 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.accounts import Accounts
-from serving.apikeys import MAX_KEY_LENGTH, InvalidApiKeyError
-from serving.authentication import Authenticator, AuthUnavailableError
+from serving.apikeys import MAX_KEY_LENGTH, InvalidApiKey
+from serving.authentication import Authenticator, AuthUnavailable
 from serving.db import Database, open_database
+from serving.errors import error_response
 from serving.passwords import PasswordHasher
-from serving.principals import AccessError, ForbiddenError, NotAuthenticatedError, Principal, Role
+from serving.principals import AccessError, Forbidden, NotAuthenticated, Principal, Role
 from serving.ratelimit import (
     Limiter,
     LocalLimiter,
     Rate,
-    RateLimitedError,
+    RateLimited,
     RateState,
     RedisLimiter,
     connect_redis,
@@ -87,7 +88,7 @@ class AccessControl:
     _flusher: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def login(self, username: str, password: str) -> IssuedToken:
-        """A token for good credentials (raises ``NotAuthenticatedError``)."""
+        """A token for good credentials (raises ``NotAuthenticated``)."""
         return await self.authenticator.login(username, password)
 
 
@@ -141,7 +142,7 @@ async def close_auth(state: Any) -> None:
             await access._flusher
     try:
         await access.authenticator.flush_key_usage()
-    except AuthUnavailableError as exc:
+    except AuthUnavailable as exc:
         log.warning("could not write API key last-use times at shutdown: %s", exc)
     await access.limiter.aclose()
     await anyio.to_thread.run_sync(access.database.close)
@@ -177,23 +178,23 @@ async def authenticate(
     token: Annotated[str | None, Security(bearer_scheme)],
     api_key: Annotated[str | None, Security(api_key_scheme)],
 ) -> Principal:
-    """The caller, from ``X-API-Key`` or a bearer token (raises ``NotAuthenticatedError``)."""
+    """The caller, from ``X-API-Key`` or a bearer token (raises ``NotAuthenticated``)."""
     authenticator = access.authenticator
     if api_key is not None:
         if len(api_key) > MAX_KEY_LENGTH:
-            raise InvalidApiKeyError("oversized API key")
+            raise InvalidApiKey("oversized API key")
         return await authenticator.by_api_key(api_key)
     if token:
         return await authenticator.by_token(token)
     if API_KEY_HEADER in request.headers or "authorization" in request.headers:
-        raise NotAuthenticatedError("unusable credentials header")
-    raise NotAuthenticatedError("no credentials", presented=False)
+        raise NotAuthenticated("unusable credentials header")
+    raise NotAuthenticated("no credentials", presented=False)
 
 
 def _count(request: Request, state: RateState) -> None:
     request.state.rate_limit = state  # RateLimitHeadersMiddleware puts it on the response
     if not state.allowed:
-        raise RateLimitedError(state)
+        raise RateLimited(state)
 
 
 async def rate_limited_principal(
@@ -201,7 +202,7 @@ async def rate_limited_principal(
     access: AccessDep,
     principal: Annotated[Principal, Depends(authenticate)],
 ) -> Principal:
-    """The caller, counted against their rate limit (raises ``RateLimitedError``)."""
+    """The caller, counted against their rate limit (raises ``RateLimited``)."""
     _count(request, await access.limiter.hit(principal.limit_key, access.request_rate))
     return principal
 
@@ -212,7 +213,7 @@ PrincipalDep = Annotated[Principal, Depends(rate_limited_principal)]
 
 @functools.cache
 def require_role(role: Role) -> Callable[..., Awaitable[Principal]]:
-    """A dependency admitting principals whose role includes ``role`` (raises ``ForbiddenError``).
+    """A dependency admitting principals whose role includes ``role`` (raises ``Forbidden``).
 
     Cached, so every route asking for the same role shares one dependency (FastAPI then
     resolves it once per request even if a router and a route both ask).
@@ -220,7 +221,7 @@ def require_role(role: Role) -> Callable[..., Awaitable[Principal]]:
 
     async def dependency(principal: PrincipalDep) -> Principal:
         if not principal.has(role):
-            raise ForbiddenError(principal, role)
+            raise Forbidden(principal, role)
         return principal
 
     dependency.__name__ = f"require_{role.value}_role"
@@ -239,23 +240,23 @@ def client_address(request: Request) -> str:
 
 
 async def limit_login(request: Request, access: AccessDep) -> None:
-    """Count a login attempt against the client address's limit (raises ``RateLimitedError``)."""
+    """Count a login attempt against the client address's limit (raises ``RateLimited``)."""
     _count(request, await access.limiter.hit(f"login:{client_address(request)}", access.login_rate))
 
 
 # --- HTTP meaning of the access errors ---
 
 _STATUS: dict[type[AccessError], int] = {
-    NotAuthenticatedError: 401,
-    ForbiddenError: 403,
-    RateLimitedError: 429,
-    AuthUnavailableError: 503,
+    NotAuthenticated: 401,
+    Forbidden: 403,
+    RateLimited: 429,
+    AuthUnavailable: 503,
 }
-_MESSAGES = {
-    401: "Not authenticated",
-    403: "Not allowed",
-    429: "Too many requests",
-    503: "Authentication is temporarily unavailable",
+_CODES = {
+    401: ("not_authenticated", "Not authenticated"),
+    403: ("forbidden", "Not allowed"),
+    429: ("rate_limited", "Too many requests"),
+    503: ("auth_unavailable", "Authentication is temporarily unavailable"),
 }
 
 
@@ -267,34 +268,46 @@ def access_error_status(exc: AccessError) -> int:
     return 401
 
 
+def access_error_code(exc: AccessError) -> str:
+    """The machine code of the error body (``not_authenticated``, ``forbidden``, ...)."""
+    return _CODES[access_error_status(exc)][0]
+
+
 def access_error_message(exc: AccessError) -> str:
     """The client-facing message: generic, never the internal reason."""
-    return _MESSAGES[access_error_status(exc)]
+    if isinstance(exc, Forbidden):
+        return f"this needs the {exc.required} role"
+    if isinstance(exc, RateLimited):
+        return f"rate limit of {exc.state.limit} exceeded; retry in {exc.state.retry_after} s"
+    return _CODES[access_error_status(exc)][1]
 
 
 def access_error_headers(exc: AccessError) -> dict[str, str]:
     """``WWW-Authenticate`` on 401, ``Retry-After`` and the rate-limit headers on 429."""
-    if isinstance(exc, NotAuthenticatedError):
+    if isinstance(exc, NotAuthenticated):
         challenge = 'Bearer realm="carprice"'
         if exc.presented:
             challenge += ', error="invalid_token"'
         return {"WWW-Authenticate": challenge}
-    if isinstance(exc, RateLimitedError):
+    if isinstance(exc, RateLimited):
         return exc.state.headers()
-    if isinstance(exc, AuthUnavailableError):
+    if isinstance(exc, AuthUnavailable):
         return {"Retry-After": "5"}
     return {}
 
 
 async def handle_access_error(request: Request, exc: Exception) -> JSONResponse:
-    """Exception handler: the status, headers and a generic ``{"detail": ...}`` body."""
+    """Exception handler: status, headers, and the app's one error body shape."""
     assert isinstance(exc, AccessError)
     status = access_error_status(exc)
     if status == 401:
         log.info("authentication failed from %s: %s", client_address(request), exc)
-    return JSONResponse(
-        {"detail": access_error_message(exc)},
-        status_code=status,
+    elif status == 503:
+        log.warning("authentication unavailable: %s", exc)
+    return error_response(
+        status,
+        access_error_code(exc),
+        access_error_message(exc),
         headers=access_error_headers(exc),
     )
 

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     """How many pinned (per-request) model versions /v2 keeps loaded (LRU)."""
     registry_timeout: float = Field(10.0, gt=0)
     """Seconds a registry call may take before it is given up (no minutes-long retries)."""
+    model_threads: int = Field(1, ge=1)
+    """OpenMP threads one prediction may use. 1 suits a server: requests and workers already
+    run in parallel, and more threads per call oversubscribe the cores."""
 
     # --- server ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

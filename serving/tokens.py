@@ -14,14 +14,14 @@ from typing import Any
 
 from jose import jwt
 
-from serving.principals import NotAuthenticatedError, Role
+from serving.principals import NotAuthenticated, Role
 from serving.settings import Settings
 
 MAX_TOKEN_LENGTH = 4096
 """Longer bearer tokens are refused before any parsing (ours are ~250 characters)."""
 
 
-class InvalidTokenError(NotAuthenticatedError):
+class InvalidToken(NotAuthenticated):
     """The bearer token is malformed, forged, expired or otherwise unacceptable."""
 
 
@@ -101,14 +101,14 @@ class TokenService:
         return IssuedToken(access_token=token, expires_in=self.ttl)
 
     def decode(self, token: str) -> Claims:
-        """The verified claims of ``token``; ``InvalidTokenError`` for anything wrong with it."""
+        """The verified claims of ``token``; ``InvalidToken`` for anything wrong with it."""
         if len(token) > MAX_TOKEN_LENGTH or not token.isascii() or token.count(".") != 2:
-            raise InvalidTokenError("malformed token")
+            raise InvalidToken("malformed token")
         try:
             header = jwt.get_unverified_header(token)
             # Checked here as well as by jose (algorithms=[...]): only the configured one.
             if header.get("alg") != self.algorithm:
-                raise InvalidTokenError(f"algorithm {header.get('alg')!r} not accepted")
+                raise InvalidToken(f"algorithm {header.get('alg')!r} not accepted")
             payload = jwt.decode(
                 token,
                 self._secret,
@@ -118,22 +118,22 @@ class TokenService:
                 options=self._options,
             )
             return self._claims(payload)
-        except InvalidTokenError:
+        except InvalidToken:
             raise
         except Exception as exc:
             # jose raises JWTError for most problems, but TypeError/OverflowError for odd
             # claim values ({"exp": {}}, 1e999): whatever it is, the token is simply invalid.
-            raise InvalidTokenError(f"{type(exc).__name__}: {exc}") from None
+            raise InvalidToken(f"{type(exc).__name__}: {exc}") from None
 
     def _claims(self, payload: dict[str, Any]) -> Claims:
         sub, role, iat, exp = (payload.get(k) for k in ("sub", "role", "iat", "exp"))
         if not isinstance(sub, str) or not sub.isdigit() or len(sub) > 18:
-            raise InvalidTokenError("bad sub")
+            raise InvalidToken("bad sub")
         if role not in (Role.PREDICT.value, Role.ADMIN.value):
-            raise InvalidTokenError("bad role")
+            raise InvalidToken("bad role")
         if not isinstance(iat, int) or not isinstance(exp, int) or isinstance(iat, bool):
-            raise InvalidTokenError("bad time claims")
+            raise InvalidToken("bad time claims")
         # jose only checks that iat is a number; a token from the future is not valid yet.
         if iat > time.time() + self.leeway:
-            raise InvalidTokenError("issued in the future")
+            raise InvalidToken("issued in the future")
         return Claims(user_id=int(sub), role=Role(role), issued_at=iat, expires_at=exp)

@@ -18,7 +18,7 @@ import typer
 from pydantic import ValidationError
 
 from serving.passwords import PasswordPolicyError
-from serving.principals import Role, UnknownApiKeyError, UnknownUserError, UserExistsError
+from serving.principals import Role, UnknownApiKey, UnknownUser, UserExists
 from serving.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def create_user(
     with _accounts() as accounts:
         try:
             user = accounts.create_user(name, password, role)
-        except UserExistsError:
+        except UserExists:
             raise _fail(f"user {name!r} already exists") from None
         except (PasswordPolicyError, ValueError) as exc:
             raise _fail(str(exc)) from None
@@ -122,7 +122,7 @@ def delete_user(
     with _accounts() as accounts:
         try:
             accounts.delete_user(name)
-        except UnknownUserError:
+        except UnknownUser:
             raise _fail(f"no user {name!r}") from None
     typer.echo(f"deleted user {name!r}")
 
@@ -137,7 +137,7 @@ def set_password(
     with _accounts() as accounts:
         try:
             accounts.set_password(name, password)
-        except UnknownUserError:
+        except UnknownUser:
             raise _fail(f"no user {name!r}") from None
         except PasswordPolicyError as exc:
             raise _fail(str(exc)) from None
@@ -153,7 +153,7 @@ def set_role(
     with _accounts() as accounts:
         try:
             user = accounts.set_role(name, role)
-        except UnknownUserError:
+        except UnknownUser:
             raise _fail(f"no user {name!r}") from None
     typer.echo(f"{user.username!r} is now {user.role}")
 
@@ -216,7 +216,7 @@ def create_key(
     with _accounts() as accounts:
         try:
             new = accounts.create_key(user, name)
-        except UnknownUserError:
+        except UnknownUser:
             raise _fail(f"no user {user!r}") from None
     typer.echo(f"API key {new.info.id} for {user!r} (shown once, store it now):", err=True)
     typer.echo(new.key)  # alone on stdout: KEY=$(carprice keys create --user NAME)
@@ -240,7 +240,7 @@ def revoke_key(
     with _accounts() as accounts:
         try:
             key = accounts.revoke_key(key_id)
-        except UnknownApiKeyError:
+        except UnknownApiKey:
             raise _fail(f"no API key {key_id}") from None
     typer.echo(f"revoked API key {key.id} (cpk_{key.prefix}_…) of {key.username!r}")
 

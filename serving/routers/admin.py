@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Protocol, TypeVar
+from typing import Annotated, TypeVar
 
 import anyio
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
 from serving.accounts import KeyInfo, UserInfo
+from serving.deps import ModelsDep
 from serving.passwords import MAX_LENGTH, PasswordPolicyError
-from serving.principals import Role, UnknownApiKeyError, UnknownUserError, UserExistsError
+from serving.principals import Role, UnknownApiKey, UnknownUser, UserExists
 from serving.security import AccessDep, AdminPrincipal, require_role
 
 T = TypeVar("T")
@@ -25,34 +26,19 @@ router = APIRouter(
 )
 
 
-class Reloadable(Protocol):
-    """What ``app.state.models`` must offer: re-resolve the production alias now."""
-
-    async def reload_now(self) -> str:
-        """Reload if the alias moved; return the version now served."""
-        ...
-
-
-def get_models(request: Request) -> Reloadable:
-    """The model store on ``app.state.models``."""
-    models: Reloadable | None = getattr(request.app.state, "models", None)
-    if models is None:
-        raise RuntimeError("app.state.models is not set up")
-    return models
-
-
-ModelsDep = Annotated[Reloadable, Depends(get_models)]
-
-
 async def _run(fn: Callable[..., T], *args: object) -> T:
     # Database work off the event loop; the caches are then touched back on the loop.
     return await anyio.to_thread.run_sync(fn, *args)
 
 
 class ReloadResult(BaseModel):
-    """The model version served after the reload."""
+    """What the reload found: whether the served version changed, and what is served now."""
 
-    model_version: str
+    changed: bool
+    model_version: str | None
+    """The production version now served (``None`` if none could be loaded yet)."""
+    status: str
+    """The model store's status line (why nothing changed, when nothing did)."""
 
 
 class UserOut(BaseModel):
@@ -116,7 +102,13 @@ class CreatedKey(KeyOut):
 @router.post("/reload", response_model=ReloadResult)
 async def reload_model(models: ModelsDep) -> ReloadResult:
     """Re-resolve the production alias now instead of waiting for the next poll."""
-    return ReloadResult(model_version=await models.reload_now())
+    changed = await models.refresh()
+    production = models.production
+    return ReloadResult(
+        changed=changed,
+        model_version=production.version if production is not None else None,
+        status=models.status,
+    )
 
 
 @router.get("/users", response_model=list[UserOut])
@@ -130,7 +122,7 @@ async def create_user(body: NewUser, access: AccessDep) -> UserOut:
     """Create a user with a password and a role."""
     try:
         user = await _run(access.accounts.create_user, body.username, body.password, body.role)
-    except UserExistsError:
+    except UserExists:
         raise HTTPException(status.HTTP_409_CONFLICT, "user already exists") from None
     except (PasswordPolicyError, ValueError) as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from None
@@ -144,7 +136,7 @@ async def delete_user(username: str, access: AccessDep, admin: AdminPrincipal) -
         raise HTTPException(status.HTTP_409_CONFLICT, "you cannot delete yourself")
     try:
         user = await _run(access.accounts.delete_user, username)
-    except UnknownUserError:
+    except UnknownUser:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user") from None
     # Honoured at once in this process; other workers within the cache TTL.
     access.authenticator.forget_user(user.id)
@@ -164,7 +156,7 @@ async def create_key(body: NewKeyRequest, access: AccessDep) -> CreatedKey:
     """Create an API key for a user; the key is in this response only."""
     try:
         new = await _run(access.accounts.create_key, body.username, body.name)
-    except UnknownUserError:
+    except UnknownUser:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such user") from None
     return CreatedKey(**KeyOut.of(new.info).model_dump(), key=new.key)
 
@@ -174,7 +166,7 @@ async def revoke_key(key_id: int, access: AccessDep) -> KeyOut:
     """Revoke an API key (all workers refuse it within ``api_key_cache_ttl`` seconds)."""
     try:
         info = await _run(access.accounts.revoke_key, key_id)
-    except UnknownApiKeyError:
+    except UnknownApiKey:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such key") from None
     access.authenticator.keys.forget(info.prefix)
     return KeyOut.of(info)

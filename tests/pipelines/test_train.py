@@ -72,3 +72,16 @@ def test_bad_params_are_refused(bad: dict[str, object]) -> None:
 
     with pytest.raises(ValidationError):
         TrainParams.model_validate(bad)
+
+
+@pytest.mark.parametrize("log_target", [True, False])
+def test_declared_skops_types_cover_the_model(
+    listings: pd.DataFrame, contract: DataContract, log_target: bool
+) -> None:
+    import skops.io
+
+    from pipelines.train import SKOPS_TRUSTED_TYPES
+
+    x, y = split_xy(listings)
+    model = fit(TrainParams(max_iter=5, cv_folds=0, log_target=log_target), contract, x, y)
+    assert set(skops.io.get_untrusted_types(data=skops.io.dumps(model))) <= set(SKOPS_TRUSTED_TYPES)

@@ -13,6 +13,7 @@ import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -65,7 +66,7 @@ def postgres_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def redis_or_skip() -> redis.Redis:
+def redis_or_skip() -> redis.Redis[bytes]:
     """A client of the tests' Redis DB (skips when no Redis runs here)."""
     client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
     try:
@@ -75,22 +76,29 @@ def redis_or_skip() -> redis.Redis:
     return client
 
 
-def delete_namespace(client: redis.Redis, namespace: str) -> None:
+def delete_namespace(client: redis.Redis[bytes], namespace: str) -> None:
     """Delete the keys under ``namespace`` (never a FLUSHDB: other tests may share the DB)."""
     keys = list(client.scan_iter(match=namespace + "*", count=1000))
     if keys:
         client.delete(*keys)
 
 
+@dataclass
+class _Loaded:
+    version: str
+
+
 class FakeModels:
-    """Stands in for the serving engineer's model store (``app.state.models``)."""
+    """Stands in for ``serving.model_store.ModelStore`` (what ``/v1/admin/reload`` calls)."""
 
     def __init__(self) -> None:
-        self.reloads = 0
+        self.refreshes = 0
+        self.production: _Loaded | None = _Loaded("7")
+        self.status = "serving car-price/7"
 
-    async def reload_now(self) -> str:
-        self.reloads += 1
-        return "7"
+    async def refresh(self) -> bool:
+        self.refreshes += 1
+        return False
 
 
 def build_app(settings: Settings) -> FastAPI:

@@ -145,7 +145,7 @@ def test_concurrent_start_ups_migrate_once() -> None:
         code = "import sys; from serving.db import upgrade; upgrade(sys.argv[1])"
         workers = [
             subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE)
-            for _ in range(3)
+            for _ in range(2)
         ]
         failures = [w.stderr.read().decode() for w in workers if w.wait(60) != 0 and w.stderr]
         assert failures == []

@@ -12,8 +12,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
-from serving.principals import NotAuthenticatedError, Role
-from serving.tokens import MAX_TOKEN_LENGTH, InvalidTokenError, TokenService
+from serving.principals import NotAuthenticated, Role
+from serving.tokens import MAX_TOKEN_LENGTH, InvalidToken, TokenService
 
 SECRET = "s" * 40
 
@@ -60,7 +60,7 @@ def test_round_trip(tokens: TokenService) -> None:
 
 
 def test_invalid_token_is_a_not_authenticated_error() -> None:
-    assert issubclass(InvalidTokenError, NotAuthenticatedError)
+    assert issubclass(InvalidToken, NotAuthenticated)
 
 
 def test_a_hand_made_token_with_every_claim_is_accepted(tokens: TokenService) -> None:
@@ -162,7 +162,7 @@ BAD_TOKENS = {
 
 @pytest.mark.parametrize("make", BAD_TOKENS.values(), ids=BAD_TOKENS.keys())
 def test_bad_tokens_are_refused(tokens: TokenService, make: Any) -> None:
-    with pytest.raises(InvalidTokenError):
+    with pytest.raises(InvalidToken):
         tokens.decode(make())
 
 
@@ -170,7 +170,7 @@ def test_only_the_configured_algorithm_is_accepted() -> None:
     hs512 = TokenService(SECRET, algorithm="HS512")
     token = hs512.issue(1, Role.PREDICT).access_token
     assert hs512.decode(token).user_id == 1
-    with pytest.raises(InvalidTokenError):
+    with pytest.raises(InvalidToken):
         TokenService(SECRET, algorithm="HS256").decode(token)
 
 

@@ -1,0 +1,132 @@
+"""Shared pieces of the serving tests (fixtures are in conftest.py): cars, settings, clients."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from pipelines.contract import build_contract
+from pipelines.preprocess import clean
+from pipelines.synthetic import generate
+from pipelines.train import split_xy
+from serving.settings import Settings
+
+MODEL = "car-price"
+REDIS_URL = "redis://127.0.0.1:6379/3"  # the serving tests' own DB number (auth tests use 2)
+TEST_SECRET = "serving-tests-secret-" + "x" * 32
+
+CAR: dict[str, Any] = {
+    "brand": "Toyota",
+    "model": "Corolla",
+    "fuel_type": "Petrol",
+    "transmission": "Manual",
+    "body_type": "Sedan",
+    "seller_type": "Dealer",
+    "owner_type": "First",
+    "color": "White",
+    "year": 2019,
+    "km_driven": 45000,
+    "engine_cc": 1598,
+    "max_power_bhp": 121.0,
+    "mileage_kmpl": 16.5,
+    "seats": 5,
+    "torque_nm": 154.0,
+    "doors": 4,
+}
+"""A complete, valid car."""
+
+REQUIRED = (
+    "brand",
+    "model",
+    "fuel_type",
+    "transmission",
+    "seller_type",
+    "year",
+    "km_driven",
+    "doors",
+)
+OPTIONAL = tuple(k for k in CAR if k not in REQUIRED)
+
+
+@dataclass(frozen=True)
+class ServingRegistry:
+    """The session's registry: where it is and which version is which."""
+
+    uri: str
+    root: Path
+    good: str = "1"
+    other: str = "2"
+    bad_signature: str = "3"
+    bad_smoke: str = "4"
+    corrupt: str = "5"
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def set_alias(self, version: str, alias: str = "production") -> None:
+        self.client().set_registered_model_alias(MODEL, alias, version)
+
+
+def listings(rows: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
+    """Generated listings, cleaned as the pipeline cleans them (so all within the contract)."""
+    df, _ = clean(generate(rows, seed).listings, build_contract(min_rows=1))
+    return split_xy(df)
+
+
+def cars(n: int, seed: int = 5) -> list[dict[str, Any]]:
+    """At most ``n`` distinct valid cars drawn like the training data (missing values None)."""
+    df, _ = listings(n, seed)
+    out = []
+    for record in df.to_dict(orient="records"):
+        car: dict[str, Any] = {}
+        for k, v in record.items():
+            if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
+                car[str(k)] = None
+            elif isinstance(v, int | float | np.integer | np.floating):
+                car[str(k)] = float(v)
+            else:
+                car[str(k)] = str(v)
+        out.append(car)
+    return out
+
+
+_unique = itertools.count(1)
+
+
+def unique_car(**changes: Any) -> dict[str, Any]:
+    """:data:`CAR` with a kilometre count no other call returns (a guaranteed cache miss)."""
+    return CAR | {"km_driven": 100_000 + next(_unique)} | changes
+
+
+def make_settings(registry: ServingRegistry | None, **overrides: Any) -> Settings:
+    """Settings for a test app: the session registry, in-process cache, fast polling."""
+    values: dict[str, Any] = {
+        "env": "test",
+        "jwt_secret": TEST_SECRET,
+        "MLFLOW_TRACKING_URI": registry.uri if registry else "sqlite:////nonexistent/mlflow.db",
+        "reload_interval": 0.2,
+        "cache_url": None,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@contextlib.contextmanager
+def running(app: FastAPI, *, ready: bool = True) -> Iterator[TestClient]:
+    """A TestClient with the lifespan running; waits for a production model if ``ready``."""
+    with TestClient(app, raise_server_exceptions=False) as client:
+        if ready:
+            models = app.state.models
+            assert client.portal is not None
+            assert client.portal.call(models.wait_ready, 30), models.status
+        yield client
