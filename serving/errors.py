@@ -4,7 +4,11 @@ Inside the app code raises what went wrong (:class:`ModelNotReady`, :class:`Inva
 ...) and knows nothing of status codes. :func:`install_error_handlers` maps those, FastAPI's
 validation errors and Starlette's HTTP errors to one body shape::
 
-    {"error": {"code": "model_not_ready", "message": "...", "details": ...}}
+    {"error": "no model is ready to serve: ...", "code": "model_not_ready", "details": null}
+
+``error`` is the message, a string, because the Open Inference Protocol (/v2) says so and its
+clients (``tritonclient``) read it as one; ``code`` is stable for programs, ``details`` lists
+the fields at fault for validation errors (else null).
 
 Validation details say which field is wrong and why, never the value sent (a huge or hostile
 input is not echoed back), and at most :data:`MAX_DETAILS` of them are listed.
@@ -124,7 +128,7 @@ def status_of(exc: ServingError) -> int:
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     """The one error body shape."""
-    return {"error": {"code": code, "message": message, "details": details}}
+    return {"error": message, "code": code, "details": details}
 
 
 def error_response(

@@ -35,7 +35,8 @@ Prices used cars with the model registered in MLflow as `car-price@production`.
 * **/v1**: typed JSON: one car (`POST /v1/predict`) or a list (`POST /v1/predict/batch`).
 * **/v2**: the Open Inference Protocol (KServe / Triton V2 REST), with version pinning.
 
-Errors share one body: `{"error": {"code", "message", "details"}}`.
+Errors share one body: `{"error": "<message>", "code": "<code>", "details": ...}`
+(`error` is a string, as the Open Inference Protocol requires).
 """
 
 

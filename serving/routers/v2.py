@@ -133,8 +133,8 @@ async def _infer(
     request_id: str,
     model_version: str | None,
 ) -> v2.InferenceResponse:
-    request = v2.parse_request(body)
-    rows = v2.to_rows(request, binary_header)
+    request = v2.parse_request(body, binary_header)
+    rows = v2.to_rows(request)
     result = await service.predict(rows, model_version)
     return v2.response(
         result.prices, result.model_name, result.model_version, request.id or request_id

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel
-
-
-class ErrorDetail(BaseModel):
-    """What went wrong: a stable code, a sentence, and (for validation) the fields at fault."""
-
-    code: str
-    message: str
-    details: Any = None
+from pydantic import BaseModel, Field
 
 
 class ErrorResponse(BaseModel):
-    """``{"error": {"code", "message", "details"}}``."""
+    """``{"error": message, "code": code, "details": ...}`` (``error`` is a string, as the
+    Open Inference Protocol requires)."""
 
-    error: ErrorDetail
+    error: str = Field(description="What went wrong, for people.")
+    code: str = Field(description="Stable machine-readable code, e.g. `model_not_ready`.")
+    details: Any = Field(None, description="For validation errors: `[{loc, msg, type}]`.")
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {

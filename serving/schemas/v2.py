@@ -115,7 +115,7 @@ class InferenceRequest(BaseModel):
 
     id: str | None = Field(None, max_length=256)
     parameters: dict[str, Any] | None = None
-    inputs: list[InputTensor] = Field(min_length=1, max_length=len(FEATURES))
+    inputs: list[InputTensor] = Field(min_length=1, max_length=64)
     outputs: list[RequestedOutput] | None = Field(None, max_length=8)
 
 
@@ -188,8 +188,21 @@ def model_metadata(name: str, versions: list[str]) -> ModelMetadata:
     )
 
 
-def parse_request(body: bytes) -> InferenceRequest:
-    """Validate a raw body (whatever its Content-Type: ``tritonclient`` sends none)."""
+_BINARY = (
+    "binary tensor data is not supported: send the tensors as JSON "
+    "(tritonclient: set_data_from_numpy(..., binary_data=False))"
+)
+
+
+def parse_request(body: bytes, binary_header: str | None = None) -> InferenceRequest:
+    """Validate a raw body (whatever its Content-Type: ``tritonclient`` sends none).
+
+    Args:
+        body: the request body.
+        binary_header: the ``Inference-Header-Content-Length`` header (binary extension).
+    """
+    if binary_header is not None:
+        raise UnsupportedRequest(_BINARY)
     if not body:
         raise InvalidFeatures("the body is empty: send an inference request as JSON")
     try:
@@ -201,20 +214,10 @@ def parse_request(body: bytes) -> InferenceRequest:
         raise invalid_features_from(errors, ("body",)) from None
 
 
-def to_rows(request: InferenceRequest, binary_header: str | None) -> list[Row]:
-    """The cars in ``request`` as rows, after checking names, types, shapes, ranges.
-
-    Args:
-        request: the parsed request.
-        binary_header: the ``Inference-Header-Content-Length`` header (binary extension).
-    """
-    if binary_header is not None or any(
-        t.parameters and "binary_data_size" in t.parameters for t in request.inputs
-    ):
-        raise UnsupportedRequest(
-            "binary tensor data is not supported: send the tensors as JSON "
-            "(tritonclient: set_data_from_numpy(..., binary_data=False))"
-        )
+def to_rows(request: InferenceRequest) -> list[Row]:
+    """The cars in ``request`` as rows, after checking names, types, shapes, ranges."""
+    if any(t.parameters and "binary_data_size" in t.parameters for t in request.inputs):
+        raise UnsupportedRequest(_BINARY)
     for output in request.outputs or ():
         if output.name != OUTPUT.name:
             raise InvalidFeatures(f"unknown output {output.name!r}: the model has only 'price'")

@@ -130,3 +130,14 @@ def running(app: FastAPI, *, ready: bool = True) -> Iterator[TestClient]:
             assert client.portal is not None
             assert client.portal.call(models.wait_ready, 30), models.status
         yield client
+
+
+def error_of(response: Any, status: int, code: str | None = None) -> dict[str, Any]:
+    """Check ``response`` is an error in the one shape; return it with ``message`` added."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "code", "details"}, body
+    assert isinstance(body["error"], str)
+    if code:
+        assert body["code"] == code, body
+    return dict(body) | {"message": body["error"]}
