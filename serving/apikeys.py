@@ -35,6 +35,9 @@ MAX_KEY_LENGTH = 128
 """Longer ``X-API-Key`` values are refused before any parsing (ours are 58 characters)."""
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
 class InvalidApiKey(NotAuthenticated):
     """The API key is malformed, unknown, revoked or wrong."""
 
@@ -80,9 +83,7 @@ def key_prefix(key: str) -> str | None:
     prefix, sep, secret = key[len(KEY_PREFIX) :].partition("_")
     if not sep or len(prefix) != PREFIX_HEX_CHARS or len(secret) < 32:
         return None
-    if any(c not in "0123456789abcdef" for c in prefix):
-        return None
-    return prefix
+    return prefix if _HEX.issuperset(prefix) else None
 
 
 class ApiKeyVerifier:

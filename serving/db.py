@@ -6,6 +6,9 @@ brings a database to the newest schema without an ``alembic.ini`` in the working
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,10 +90,32 @@ def alembic_config() -> Config:
 _ALEMBIC_LOCK = threading.Lock()
 
 
+@contextmanager
+def _sqlite_file_lock(engine: Engine) -> Iterator[None]:
+    # Workers starting at once on one SQLite file would race on CREATE TABLE (SQLite DDL is
+    # not in the migration's transaction): an exclusive lock makes them take turns. The lock
+    # file lives in the temp dir, named for the database's absolute path (processes sharing a
+    # SQLite file share a machine), so nothing appears beside the database. (PostgreSQL: an
+    # advisory lock in env.py.)
+    database = engine.url.database
+    if engine.url.get_backend_name() != "sqlite" or database in (None, "", ":memory:"):
+        yield
+        return
+    assert database is not None
+    digest = hashlib.sha256(str(Path(database).resolve()).encode()).hexdigest()[:16]
+    lock_path = Path(tempfile.gettempdir()) / f"carprice-migrate-{digest}.lock"
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def upgrade_engine(engine: Engine, revision: str = "head") -> None:
     """Apply the migrations up to ``revision`` through ``engine``."""
     config = alembic_config()
-    with _ALEMBIC_LOCK, engine.begin() as connection:
+    with _ALEMBIC_LOCK, _sqlite_file_lock(engine), engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

@@ -78,6 +78,7 @@ class RequestContextMiddleware:
                 status,
                 extra={
                     "fields": {
+                        "request_id": ctx.request_id,
                         "method": scope["method"],
                         "path": scope["path"],
                         "status": status,

@@ -50,7 +50,7 @@ from serving.ratelimit import (
     RedisLimiter,
     connect_redis,
 )
-from serving.settings import Settings
+from serving.settings import DEFAULT_JWT_SECRET, Settings
 from serving.tokens import IssuedToken, TokenService
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ class AccessControl:
 
 async def open_auth(state: Any, settings: Settings) -> AccessControl:
     """Connect the database (migrating it if configured) and Redis; keep it all on ``state``."""
+    if settings.jwt_secret == DEFAULT_JWT_SECRET:  # only possible with env=development
+        log.warning("using the default JWT secret: fine for a demo, never for a deployment")
     request_rate = Rate.parse(settings.rate_limit)  # a typo fails start-up, not the requests
     login_rate = Rate.parse(settings.login_rate_limit)
     database = await anyio.to_thread.run_sync(

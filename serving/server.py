@@ -31,7 +31,6 @@ def serve(
     except ValidationError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"carprice API on http://{host}:{port} (docs: http://{host}:{port}/docs)", err=True)
     uvicorn.run(
         "serving.main:app",
         host=host,

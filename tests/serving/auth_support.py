@@ -21,11 +21,19 @@ import psycopg
 import pytest
 import redis
 from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import JSONResponse
 
 from serving.principals import Role
 from serving.routers import admin as admin_router
 from serving.routers import auth as auth_router
-from serving.security import PredictPrincipal, close_auth, install, open_auth, require_role
+from serving.security import (
+    PredictPrincipal,
+    PrincipalDep,
+    close_auth,
+    install,
+    open_auth,
+    require_role,
+)
 from serving.settings import Settings
 
 TEST_SECRET = "test-secret-" + "x" * 40
@@ -126,6 +134,11 @@ def build_app(settings: Settings) -> FastAPI:
     async def predict(principal: PredictPrincipal) -> dict[str, Any]:
         return {"price": 12345.0, "user": principal.username}
 
+    @app.get("/v1/raw")
+    async def raw(principal: PredictPrincipal) -> JSONResponse:
+        # A route returning a Response itself still gets the rate-limit headers.
+        return JSONResponse({"raw": True})
+
     @app.get("/v1/models")
     async def models(principal: PredictPrincipal) -> dict[str, str]:
         return {"name": "car-price"}
@@ -136,6 +149,11 @@ def build_app(settings: Settings) -> FastAPI:
     @v2.post("/models/car-price/infer")
     async def infer() -> dict[str, Any]:
         return {"outputs": [{"name": "price", "data": [1.0]}]}
+
+    @v2.get("/whoami")
+    async def whoami(principal: PrincipalDep) -> dict[str, str]:
+        # A router-wide role check and a route's PrincipalDep: one request, counted once.
+        return {"username": principal.username}
 
     app.include_router(v2)
     return app

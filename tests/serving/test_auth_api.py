@@ -106,8 +106,8 @@ async def new_key(client: httpx.AsyncClient, username: str) -> tuple[int, str]:
 def assert_401(response: httpx.Response) -> None:
     assert response.status_code == 401, response.text
     assert response.headers["WWW-Authenticate"].startswith('Bearer realm="carprice"')
-    assert response.json()["error"]["code"] == "not_authenticated"
-    assert response.json()["error"]["message"] == "Not authenticated"
+    assert response.json()["code"] == "not_authenticated"
+    assert response.json()["error"] == "Not authenticated"
 
 
 # --- the happy paths ---
@@ -141,6 +141,16 @@ async def test_token_and_api_key_work_on_v1_and_v2(client: httpx.AsyncClient) ->
     assert me.json() == {"username": "ann", "role": "predict", "via": "api_key"}
     me = await client.get("/v1/auth/me", headers=bearer(token))
     assert me.json() == {"username": "ann", "role": "predict", "via": "token"}
+
+
+async def test_routes_returning_a_response_get_the_rate_limit_headers(
+    client: httpx.AsyncClient,
+) -> None:
+    _, key = await new_key(client, "ann")
+    response = await client.get("/v1/raw", headers=key_header(key))
+    assert response.status_code == 200
+    assert response.headers["X-RateLimit-Limit"] == "1000"
+    assert response.headers["X-RateLimit-Remaining"] == "999"
 
 
 async def test_open_endpoints_stay_open(client: httpx.AsyncClient) -> None:
@@ -425,8 +435,9 @@ async def test_predict_principal_on_admin_endpoints_gets_403(client: httpx.Async
         for method, path in calls:
             response = await client.request(method, path, headers=headers)
             assert response.status_code == 403, (method, path, response.text)
-            assert response.json()["error"]["code"] == "forbidden"
+            assert response.json()["code"] == "forbidden"
             assert "WWW-Authenticate" not in response.headers
+            assert "X-RateLimit-Remaining" in response.headers  # counted, then refused
     assert client.app.state.models.refreshes == 0  # type: ignore[attr-defined]
 
 
@@ -449,7 +460,7 @@ async def test_login_brute_force_hits_the_limit(
             "/v1/auth/token", data={"username": "ann", "password": PASSWORD}
         )
         assert response.status_code == 429
-        assert response.json()["error"]["code"] == "rate_limited"
+        assert response.json()["code"] == "rate_limited"
         assert 1 <= int(response.headers["Retry-After"]) <= 60
         assert response.headers["X-RateLimit-Limit"] == "3"
         assert response.headers["X-RateLimit-Remaining"] == "0"
@@ -476,6 +487,21 @@ async def test_per_principal_limit_is_shared_by_a_users_tokens_and_keys(
         # Someone else is not affected.
         other = bearer(await login(client, "bob", PASSWORD))
         assert (await client.post("/v1/predict", headers=other)).status_code == 200
+
+
+async def test_a_request_is_counted_once_however_many_dependencies_ask(
+    sqlite_url: str, settings_for: Callable[..., Any]
+) -> None:
+    async with running(settings_for(sqlite_url, rate_limit="5/minute")) as client:
+        await create_user(client, "ann", PASSWORD, Role.PREDICT)
+        _, key = await new_key(client, "ann")
+        remaining = [
+            (await client.get("/v2/whoami", headers=key_header(key))).headers[
+                "X-RateLimit-Remaining"
+            ]
+            for _ in range(3)
+        ]
+        assert remaining == ["4", "3", "2"]
 
 
 async def test_two_workers_share_the_limit_through_redis(
@@ -640,7 +666,7 @@ async def test_database_outage_is_a_503_not_a_500(settings_for: Callable[..., An
             await asyncio.sleep(0.15)
             response = await client.post("/v1/predict", headers=key_header(key))
             assert response.status_code == 503
-            assert response.json()["error"]["code"] == "auth_unavailable"
+            assert response.json()["code"] == "auth_unavailable"
             assert response.headers["Retry-After"] == "5"
             login_response = await client.post(
                 "/v1/auth/token", data={"username": "ann", "password": PASSWORD}

@@ -138,18 +138,16 @@ def test_in_memory_sqlite_is_one_database_across_threads() -> None:
         db.close()
 
 
-@pytest.mark.postgres
-def test_concurrent_start_ups_migrate_once() -> None:
-    """Workers starting at once against one PostgreSQL database: no CREATE TABLE race."""
-    with postgres_database() as url:
-        code = "import sys; from serving.db import upgrade; upgrade(sys.argv[1])"
-        workers = [
-            subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE)
-            for _ in range(2)
-        ]
-        failures = [w.stderr.read().decode() for w in workers if w.wait(60) != 0 and w.stderr]
-        assert failures == []
-        assert current_revision(url) == head_revision()
+def test_concurrent_start_ups_migrate_once(empty_url: str) -> None:
+    """Workers starting at once against one database: no CREATE TABLE race."""
+    code = "import sys; from serving.db import upgrade; upgrade(sys.argv[1])"
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code, empty_url], stderr=subprocess.PIPE)
+        for _ in range(3)
+    ]
+    failures = [w.stderr.read().decode() for w in workers if w.wait(60) != 0 and w.stderr]
+    assert failures == []
+    assert current_revision(empty_url) == head_revision()
 
 
 def test_migrations_in_threads_of_one_process_are_serialised(tmp_path: Path) -> None:
