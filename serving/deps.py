@@ -1,8 +1,10 @@
 """FastAPI dependencies, as ``Annotated`` aliases: the seam between routes and resources.
 
 Every resource a route uses is reached through one of these, so a test can override it with
-``app.dependency_overrides``. The resources themselves are created in the app's lifespan and
-kept on ``app.state`` (see :mod:`serving.main`).
+``app.dependency_overrides``. They are ``async def`` although they never wait: FastAPI runs a
+plain ``def`` dependency in a worker thread, a thread hop per dependency per request. The
+resources themselves are created in the app's lifespan and kept on ``app.state`` (see
+:mod:`serving.main`).
 """
 
 from __future__ import annotations
@@ -17,38 +19,43 @@ from serving.errors import ModelNotFound, UnsupportedMediaType
 from serving.model_store import ModelStore
 from serving.prediction import PredictionService
 from serving.request_context import request_id_from
-from serving.settings import Settings, get_settings
+from serving.settings import Settings
 
 
-def get_models(request: Request) -> ModelStore:
+async def get_app_settings(request: Request) -> Settings:
+    """The settings this app was built with (``create_app``), read once per process."""
+    return cast(Settings, request.app.state.settings)
+
+
+async def get_models(request: Request) -> ModelStore:
     """The process's model store."""
     return cast(ModelStore, request.app.state.models)
 
 
-def get_cache(request: Request) -> PredictionCache:
+async def get_cache(request: Request) -> PredictionCache:
     """The prediction cache."""
     return cast(PredictionCache, request.app.state.cache)
 
 
-def get_prediction_service(request: Request) -> PredictionService:
+async def get_prediction_service(request: Request) -> PredictionService:
     """The one prediction service."""
     return cast(PredictionService, request.app.state.predictions)
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     """The id of this request (also in the ``X-Request-ID`` response header)."""
     ctx = request_context.current()
     return ctx.request_id if ctx else request_id_from(request.headers.get("x-request-id"))
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ModelsDep = Annotated[ModelStore, Depends(get_models)]
 CacheDep = Annotated[PredictionCache, Depends(get_cache)]
 PredictionServiceDep = Annotated[PredictionService, Depends(get_prediction_service)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
 
 
-def served_model_name(model_name: str, settings: SettingsDep) -> str:
+async def served_model_name(model_name: str, settings: SettingsDep) -> str:
     """The ``{model_name}`` path parameter, when it names the served model (else 404)."""
     if model_name != settings.model_name:
         raise ModelNotFound(
@@ -60,7 +67,7 @@ def served_model_name(model_name: str, settings: SettingsDep) -> str:
 ServedModelName = Annotated[str, Depends(served_model_name)]
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """Refuse a body declared as anything but JSON (415); no Content-Type is taken as JSON."""
     content_type = request.headers.get("content-type")
     if content_type is None:

@@ -59,7 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             loader=functools.partial(load_version, threads=settings.model_threads),
         )
         cache = build_cache(settings)
-        app.state.settings = settings
         app.state.models = models
         app.state.cache = cache
         app.state.predictions = PredictionService(models, cache, settings.batch_max)
@@ -84,7 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=v2.server_version(),
         lifespan=lifespan,
     )
-    app.dependency_overrides[get_settings] = lambda: settings
+    # On the app, not as a dependency override: FastAPI re-inspects every dependency of every
+    # request while any override is set (~1 ms a request).
+    app.state.settings = settings
     install_error_handlers(app)
     app.include_router(v1.router)
     app.include_router(v2.router)

@@ -157,7 +157,7 @@ def client(app: FastAPI) -> Iterator[TestClient]:
 
 
 @pytest.fixture
-def redis_db() -> Iterator[redis.Redis]:
+def redis_db() -> Iterator[redis.Redis[bytes]]:
     """The tests' Redis DB, emptied before and after (skips if Redis is not running)."""
     r = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
     try:

@@ -16,13 +16,24 @@ from serving.features import make_row, row_digest
 from serving.main import create_app
 from serving.metrics import CACHE_EVENTS
 from tests.serving.live import BlackHole, closed_port, live_server
-from tests.serving.support import REDIS_URL, ServingRegistry, cars, make_settings, running, unique_car
+from tests.serving.support import (
+    REDIS_URL,
+    ServingRegistry,
+    cars,
+    make_settings,
+    running,
+    unique_car,
+)
+
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
 
 
 def test_prices_are_cached_in_redis_under_the_model_version(
-    registry: ServingRegistry, redis_db: redis.Redis
+    registry: ServingRegistry, redis_db: redis.Redis[bytes]
 ) -> None:
-    app = create_app(make_settings(registry, cache_url=REDIS_URL, cache_ttl=120, reload_interval=0.1))
+    app = create_app(
+        make_settings(registry, cache_url=REDIS_URL, cache_ttl=120, reload_interval=0.1)
+    )
     car = unique_car()
     with running(app) as client:
         first = client.post("/v1/predict", json=car).json()
@@ -47,7 +58,7 @@ def test_prices_are_cached_in_redis_under_the_model_version(
 
 
 def test_a_batch_writes_every_row_and_a_second_batch_reads_them_all(
-    registry: ServingRegistry, redis_db: redis.Redis
+    registry: ServingRegistry, redis_db: redis.Redis[bytes]
 ) -> None:
     app = create_app(make_settings(registry, cache_url=REDIS_URL))
     batch = cars(200, seed=51)
@@ -96,9 +107,10 @@ def test_with_redis_black_holed_latency_stays_bounded_under_concurrency(
     )
     pool = cars(64, seed=52)
     try:
-        with live_server(create_app(settings)) as server, httpx.Client(
-            base_url=server.url, timeout=10
-        ) as http:
+        with (
+            live_server(create_app(settings)) as server,
+            httpx.Client(base_url=server.url, timeout=10) as http,
+        ):
 
             def call(car: dict[str, object]) -> tuple[int, float]:
                 started = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ from tests.serving.support import (
     running,
     unique_car,
 )
+
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
 
 
 def test_one_car_gets_a_price_with_the_model_that_made_it(client: TestClient) -> None:
@@ -161,7 +164,9 @@ def test_request_id_is_taken_from_the_client_and_returned(client: TestClient) ->
         ("year", None),
     ],
 )
-def test_invalid_field_is_a_422_naming_the_field(client: TestClient, field: str, value: Any) -> None:
+def test_invalid_field_is_a_422_naming_the_field(
+    client: TestClient, field: str, value: Any
+) -> None:
     error = error_of(client.post("/v1/predict", json=CAR | {field: value}), 422, "invalid_request")
     assert [d["loc"] for d in error["details"]] == [f"body.{field}"]
     assert field in error["message"]
@@ -204,7 +209,9 @@ def test_many_invalid_rows_give_a_boundederror_of(client: TestClient) -> None:
     "body",
     [b"{", b"not json", b'{"brand": "Toyota",}', b"[1, 2", b'"just a string"', b"[]", b"null"],
 )
-def test_malformed_or_wrongly_shaped_bodies_are_4xx_never_500(client: TestClient, body: bytes) -> None:
+def test_malformed_or_wrongly_shaped_bodies_are_4xx_never_500(
+    client: TestClient, body: bytes
+) -> None:
     r = client.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     error_of(r, 422)
@@ -216,7 +223,9 @@ def test_a_deeply_nested_or_overlong_number_is_a_clienterror_of(client: TestClie
     for body in (long_int,):
         r = client.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})
         assert 400 <= r.status_code < 500, r.text
-    r = client.post("/v1/predict", content=nested[:900_000], headers={"Content-Type": "application/json"})
+    r = client.post(
+        "/v1/predict", content=nested[:900_000], headers={"Content-Type": "application/json"}
+    )
     assert 400 <= r.status_code < 500
 
 
@@ -243,7 +252,7 @@ def test_body_over_the_limit_is_413_without_content_length(registry: ServingRegi
     app = create_app(make_settings(registry, max_body_bytes=4096))
     chunk = json.dumps([CAR] * 10).encode()
 
-    def stream():  # a generator body is sent chunked, without Content-Length
+    def stream() -> Iterator[bytes]:  # a generator body is sent chunked, without Content-Length
         yield chunk[:-1]
         for _ in range(50):
             yield b"," + chunk[1:-1]
@@ -274,9 +283,12 @@ def test_503_with_a_clear_message_while_no_model_is_ready(registry: ServingRegis
 def test_the_docs_describe_both_versions(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
-    assert {"/v1/predict", "/v1/predict/batch", "/v1/models", "/v2/models/{model_name}/infer"} <= set(
-        spec["paths"]
-    )
+    assert {
+        "/v1/predict",
+        "/v1/predict/batch",
+        "/v1/models",
+        "/v2/models/{model_name}/infer",
+    } <= set(spec["paths"])
     car = spec["components"]["schemas"]["Car"]
     assert car["properties"]["year"]["minimum"] == 1990
     assert set(car["required"]) == set(REQUIRED)

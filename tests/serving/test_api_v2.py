@@ -28,6 +28,8 @@ from tests.serving.support import (
     running,
 )
 
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
+
 
 def tensors(batch: list[dict[str, Any]], int_columns: tuple[str, ...] = ()) -> dict[str, Any]:
     """An inference request body with one ``[N]`` tensor per feature of ``batch``."""
@@ -169,7 +171,18 @@ def _with(body: dict[str, Any], name: str, **changes: Any) -> dict[str, Any]:
     ("mutate", "where"),
     [
         (lambda b: {"inputs": [t for t in b["inputs"] if t["name"] != "year"]}, "inputs.year"),
-        (lambda b: b | {"inputs": [*b["inputs"], {"name": "vin", "shape": [1], "datatype": "BYTES", "data": ["x"]}]}, "inputs"),
+        (
+            lambda b: (
+                b
+                | {
+                    "inputs": [
+                        *b["inputs"],
+                        {"name": "vin", "shape": [1], "datatype": "BYTES", "data": ["x"]},
+                    ]
+                }
+            ),
+            "inputs",
+        ),
         (lambda b: _with(b, "brand", datatype="FP64", data=[1.0]), "inputs.brand"),
         (lambda b: _with(b, "year", datatype="BYTES", data=["2019"]), "inputs.year"),
         (lambda b: _with(b, "year", data=[1800.0]), "inputs.year"),
@@ -188,7 +201,9 @@ def _with(body: dict[str, Any], name: str, **changes: Any) -> dict[str, Any]:
         (lambda b: {"inputs": []}, "body.inputs"),
     ],
 )
-def test_invalid_tensors_are_422_naming_the_input(client: TestClient, mutate: Any, where: str | None) -> None:
+def test_invalid_tensors_are_422_naming_the_input(
+    client: TestClient, mutate: Any, where: str | None
+) -> None:
     error = error_of(infer(client, mutate(tensors([CAR]))), 422, "invalid_features")
     if where:
         assert any(d["loc"].startswith(where) for d in error["details"]), error
@@ -270,7 +285,11 @@ def _triton_inputs(batch: list[dict[str, Any]], binary: bool = False) -> list[tr
 
 def test_tritonclient_http_works_against_the_server(registry: ServingRegistry) -> None:
     app = create_app(make_settings(registry))
-    batch = [CAR, CAR | {"year": 2012, "km_driven": 150_000}, CAR | {"brand": "BMW", "model": "3 Series"}]
+    batch = [
+        CAR,
+        CAR | {"year": 2012, "km_driven": 150_000},
+        CAR | {"brand": "BMW", "model": "3 Series"},
+    ]
     with live_server(app) as server:
         client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
         try:
@@ -290,7 +309,8 @@ def test_tritonclient_http_works_against_the_server(registry: ServingRegistry) -
                 request_id="tc-1",
             )
             prices = result.as_numpy("price")
-            assert prices is not None and prices.shape == (3,)
+            assert prices is not None
+            assert prices.shape == (3,)
             assert prices.dtype == np.float64
             assert (prices > 0).all()
             response = result.get_response()

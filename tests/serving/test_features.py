@@ -8,11 +8,13 @@ from pipelines.contract import build_contract
 from serving.features import FEATURE_NAMES, FEATURES, make_row, row_digest
 from tests.serving.support import CAR
 
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
+
 
 def test_features_are_the_contracts_columns_with_the_same_kinds_bounds_and_nullability() -> None:
     contract = build_contract()
     columns = contract.feature_columns
-    assert FEATURE_NAMES == tuple(c.name for c in columns)
+    assert tuple(c.name for c in columns) == FEATURE_NAMES
     for feature, column in zip(FEATURES, columns, strict=True):
         assert feature.kind == column.kind, feature.name
         assert feature.nullable == column.nullable, feature.name
@@ -24,7 +26,8 @@ def test_make_row_has_every_feature_numbers_as_floats_and_missing_as_none() -> N
     row = make_row({"brand": "BMW", "year": 2019, "seats": None})
     assert list(row) == list(FEATURE_NAMES)
     assert row["brand"] == "BMW"
-    assert row["year"] == 2019.0 and isinstance(row["year"], float)
+    assert row["year"] == 2019.0
+    assert isinstance(row["year"], float)
     assert row["seats"] is None
     assert row["color"] is None
 

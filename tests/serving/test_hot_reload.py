@@ -10,10 +10,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import httpx
+import pytest
 
 from serving.main import create_app
 from tests.serving.live import LiveServer, live_server
 from tests.serving.support import ServingRegistry, cars, make_settings
+
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
 
 
 @dataclass

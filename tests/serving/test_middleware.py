@@ -19,6 +19,8 @@ from serving.main import create_app
 from tests.serving.live import LiveServer, live_server
 from tests.serving.support import CAR, ServingRegistry, error_of, make_settings, running, unique_car
 
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
+
 
 def test_every_request_is_logged_once_with_id_status_latency_and_model_version(
     client: TestClient, caplog: pytest.LogCaptureFixture

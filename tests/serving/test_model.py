@@ -20,6 +20,8 @@ from serving.model import LoadedModel, check_signature, load_version, to_frame
 from serving.registry import Registry
 from tests.serving.support import MODEL, ServingRegistry, cars, listings
 
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
+
 
 @pytest.fixture(scope="module")
 def reg(registry: ServingRegistry) -> Registry:
@@ -46,7 +48,13 @@ def test_signature_differences_are_each_named() -> None:
     cols.append(ColSpec(DataType.string, "vin"))  # not in the API
     signature.outputs = Schema([TensorSpec(np.dtype("int64"), (-1, 3))])
     problems = " | ".join(check_signature(signature))
-    for text in ("'brand' is 'long'", "'engine_cc' is required", "'doors' is missing", "'vin'", "output"):
+    for text in (
+        "'brand' is 'long'",
+        "'engine_cc' is required",
+        "'doors' is missing",
+        "'vin'",
+        "output",
+    ):
         assert text in problems
     assert check_signature(None) == ["the model has no signature"]
 
@@ -58,7 +66,10 @@ def test_loaded_model_predicts_what_the_logged_pipeline_predicts(
     reference = mlflow.sklearn.load_model(
         Registry(registry.uri, MODEL, 10).download("1", tmp_path)
     ).predict(x)
-    rows = [make_row({k: (None if pd.isna(v) else v) for k, v in r.items()}) for r in x.to_dict("records")]
+    rows = [
+        make_row({str(k): (None if pd.isna(v) else v) for k, v in r.items()})
+        for r in x.to_dict("records")
+    ]
     np.testing.assert_allclose(loaded.predict(rows), reference, rtol=1e-12)
 
 
@@ -66,11 +77,12 @@ def test_loaded_model_knows_its_version_example_and_contract(loaded: LoadedModel
     assert (loaded.name, loaded.version) == (MODEL, "1")
     assert len(loaded.example) == 5
     assert set(loaded.example[0]) == set(FEATURE_NAMES)
-    assert loaded.contract is not None and loaded.contract["target"] == "selling_price"
+    assert loaded.contract is not None
+    assert loaded.contract["target"] == "selling_price"
 
 
 def test_rows_become_the_frame_the_pipeline_was_trained_on() -> None:
-    batch = cars(5) + [make_row({"brand": "BMW"})]
+    batch = [*cars(5), make_row({"brand": "BMW"})]
     frame = to_frame([make_row(c) for c in batch])
     assert list(frame.columns) == list(FEATURE_NAMES)
     assert frame["brand"].dtype == object
@@ -99,4 +111,5 @@ def test_versions_that_cannot_be_served_are_refused_with_the_reason(
 def test_the_logged_example_is_what_the_smoke_test_predicts(reg: Registry, tmp_path: Path) -> None:
     path = reg.download("1", tmp_path)
     example = Model.load(str(path / "MLmodel")).load_input_example(str(path))
-    assert isinstance(example, pd.DataFrame) and len(example) == 5
+    assert isinstance(example, pd.DataFrame)
+    assert len(example) == 5

@@ -17,6 +17,8 @@ from serving.model_store import ModelStore
 from serving.registry import Registry, VersionInfo
 from tests.serving.support import MODEL, ServingRegistry
 
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
+
 
 class CountingLoader:
     """The real loader, counting calls; ``fake`` versions load as stand-ins instantly."""
@@ -50,7 +52,7 @@ def store_for(
 
 
 def failed_loads() -> float:
-    return MODEL_LOADS.labels("failed")._value.get()
+    return float(MODEL_LOADS.labels("failed")._value.get())
 
 
 def run(coro: Any) -> Any:
@@ -82,7 +84,8 @@ def test_a_new_alias_version_is_swapped_in_and_the_old_one_kept_for_pinning(
         registry.set_alias("2")
         assert await store.refresh() is True
         assert store.require_production().version == "2"
-        assert held.version == "1" and held.predict(held.example).shape == (5,)
+        assert held.version == "1"
+        assert held.predict(held.example).shape == (5,)
         assert (await store.get("1")) is held  # the previous production, no reload
         registry.set_alias("1")
         assert await store.refresh() is True  # rollback: taken from the LRU
@@ -198,6 +201,8 @@ def test_the_poller_starts_and_stops(registry: ServingRegistry) -> None:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         await store.stop()
-        assert np.isfinite(store.require_production().predict(store.require_production().example)).all()
+        assert np.isfinite(
+            store.require_production().predict(store.require_production().example)
+        ).all()
 
     run(scenario())

@@ -19,6 +19,8 @@ from serving.prediction import PredictionService
 from serving.registry import Registry
 from tests.serving.support import MODEL, ServingRegistry, cars
 
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
+
 
 class Model:
     """A stand-in model that records what it was asked to price."""
@@ -40,9 +42,14 @@ class Model:
         return np.array([1000.0 + float(r["km_driven"] or 0) for r in rows])
 
 
-def service_with(model: Model, registry: ServingRegistry, batch_max: int = 100) -> PredictionService:
+def service_with(
+    model: Model, registry: ServingRegistry, batch_max: int = 100
+) -> PredictionService:
     store = ModelStore(
-        Registry(registry.uri, MODEL, 5), alias="production", reload_interval=1, pinned_max=2,
+        Registry(registry.uri, MODEL, 5),
+        alias="production",
+        reload_interval=1,
+        pinned_max=2,
         registry_timeout=5,
     )
     store._production = model.loaded()
@@ -70,7 +77,8 @@ def test_only_the_misses_go_to_the_model_in_one_call(registry: ServingRegistry) 
         assert second.prices[:10] == first.prices
         assert model.seen == [10, 20]
         third = await service.predict(batch)
-        assert all(third.cached) and third.prices == second.prices
+        assert all(third.cached)
+        assert third.prices == second.prices
         assert model.seen == [10, 20]
 
     run(scenario())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -13,6 +11,8 @@ from serving.errors import RegistryUnavailable
 from serving.registry import Registry
 from tests.serving.live import BlackHole, closed_port
 from tests.serving.support import MODEL, ServingRegistry
+
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
 
 
 def _registry(registry: ServingRegistry, name: str = MODEL) -> Registry:

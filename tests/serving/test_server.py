@@ -22,6 +22,8 @@ from serving.settings import get_settings
 from tests.serving.live import closed_port, live_server, wait_ready
 from tests.serving.support import CAR, TEST_SECRET, ServingRegistry, make_settings
 
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
+
 
 def test_graceful_shutdown_lets_an_in_flight_request_finish(registry: ServingRegistry) -> None:
     app = create_app(make_settings(registry))
