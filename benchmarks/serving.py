@@ -164,7 +164,7 @@ def wrk(
         "wrk",
         f"-t{args.wrk_threads}",
         f"-c{args.connections}",
-        f"-d{duration}s",
+        f"-d{max(1, round(duration))}s",  # wrk takes whole seconds only
         "--timeout",
         "30s",
         "-s",
@@ -176,7 +176,9 @@ def wrk(
         str(offset),
         str(args.wrk_threads),
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 60)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     raw = json.loads(line.removeprefix("RESULT "))
     seconds_run = raw["duration_us"] / 1e6

@@ -24,7 +24,8 @@ from serving.model import load_version
 from serving.model_store import ModelStore
 from serving.prediction import PredictionService
 from serving.registry import Registry
-from serving.routers import v1, v2
+from serving.routers import admin, auth, v1, v2
+from serving.security import close_auth, install, open_auth
 from serving.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.models = models
         app.state.cache = cache
         app.state.predictions = PredictionService(models, cache, settings.batch_max)
+        await open_auth(app.state, settings)
         await models.start()
         log.info(
             "serving %s@%s from %s",
@@ -74,6 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await models.stop()
             await cache.aclose()
+            await close_auth(app.state)
             log.info("stopped")
 
     app = FastAPI(
@@ -87,6 +90,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # request while any override is set (~1 ms a request).
     app.state.settings = settings
     install_error_handlers(app)
+    install(app, settings)  # CORS, rate-limit headers, 401/403/429 mapping
+    app.include_router(auth.router)
+    app.include_router(admin.router)
     app.include_router(v1.router)
     app.include_router(v2.router)
     # Added last = outermost: the request id and access log cover everything, 413s included.

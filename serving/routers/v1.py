@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from serving.deps import ModelsDep, PredictionServiceDep, RequestIdDep, require_json
+from serving.principals import Role
 from serving.schemas.errors import ERROR_RESPONSES
 from serving.schemas.v1 import (
     BatchPricePrediction,
@@ -13,8 +14,15 @@ from serving.schemas.v1 import (
     ModelVersionInfo,
     PricePrediction,
 )
+from serving.security import require_role
 
-router = APIRouter(prefix="/v1", tags=["v1"], strict_content_type=False)
+# Every /v1 route here needs the predict role (admins have it too); login is serving.routers.auth.
+router = APIRouter(
+    prefix="/v1",
+    tags=["v1"],
+    strict_content_type=False,
+    dependencies=[Depends(require_role(Role.PREDICT))],
+)
 
 
 @router.post(

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Depends, Header
 
 from serving.deps import (
     ModelsDep,
@@ -20,10 +20,14 @@ from serving.deps import (
     ServedModelName,
 )
 from serving.errors import ModelNotReady
+from serving.principals import Role
 from serving.schemas import v2
 from serving.schemas.errors import ERROR_RESPONSES
+from serving.security import require_role
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+# Server metadata and health stay open (probes); everything under /v2/models needs `predict`.
+_PREDICT = [Depends(require_role(Role.PREDICT))]
 
 SERVER_NAME = "carprice"
 BinaryHeader = Annotated[
@@ -64,14 +68,18 @@ async def ready(models: ModelsDep) -> v2.Readiness:
     return v2.Readiness(ready=True)
 
 
-@router.get("/models/{model_name}", responses=ERROR_RESPONSES)
+@router.get("/models/{model_name}", dependencies=_PREDICT, responses=ERROR_RESPONSES)
 async def model_metadata(name: ServedModelName, models: ModelsDep) -> v2.ModelMetadata:
     """Inputs, output and registered versions of the model."""
     versions = [v.version for v in await models.list_versions()]
     return v2.model_metadata(name, versions)
 
 
-@router.get("/models/{model_name}/versions/{model_version}", responses=ERROR_RESPONSES)
+@router.get(
+    "/models/{model_name}/versions/{model_version}",
+    dependencies=_PREDICT,
+    responses=ERROR_RESPONSES,
+)
 async def version_metadata(
     name: ServedModelName, model_version: str, models: ModelsDep
 ) -> v2.ModelMetadata:
@@ -80,7 +88,7 @@ async def version_metadata(
     return v2.model_metadata(name, [info.version])
 
 
-@router.get("/models/{model_name}/ready", responses=ERROR_RESPONSES)
+@router.get("/models/{model_name}/ready", dependencies=_PREDICT, responses=ERROR_RESPONSES)
 async def model_ready(name: ServedModelName, models: ModelsDep) -> v2.ModelReadiness:
     """200 while the production model is loaded and smoke-tested, else 503."""
     if not models.ready:
@@ -88,7 +96,11 @@ async def model_ready(name: ServedModelName, models: ModelsDep) -> v2.ModelReadi
     return v2.ModelReadiness(name=name, ready=True)
 
 
-@router.get("/models/{model_name}/versions/{model_version}/ready", responses=ERROR_RESPONSES)
+@router.get(
+    "/models/{model_name}/versions/{model_version}/ready",
+    dependencies=_PREDICT,
+    responses=ERROR_RESPONSES,
+)
 async def version_ready(
     name: ServedModelName, model_version: str, models: ModelsDep
 ) -> v2.ModelReadiness:
@@ -97,7 +109,12 @@ async def version_ready(
     return v2.ModelReadiness(name=name, ready=True)
 
 
-@router.post("/models/{model_name}/infer", responses=ERROR_RESPONSES, openapi_extra=_INFER_BODY)
+@router.post(
+    "/models/{model_name}/infer",
+    dependencies=_PREDICT,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_INFER_BODY,
+)
 async def infer(
     name: ServedModelName,
     body: RawBody,
@@ -111,6 +128,7 @@ async def infer(
 
 @router.post(
     "/models/{model_name}/versions/{model_version}/infer",
+    dependencies=_PREDICT,
     responses=ERROR_RESPONSES,
     openapi_extra=_INFER_BODY,
 )

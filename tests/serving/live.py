@@ -27,6 +27,7 @@ class LiveServer:
     port: int
     server: uvicorn.Server
     thread: threading.Thread
+    headers: dict[str, str]  # an API key of the predict role
 
     def stop(self, timeout: float = 15) -> None:
         self.server.should_exit = True
@@ -68,7 +69,11 @@ def live_server(app: FastAPI, *, ready: bool = True, graceful: float = 10) -> It
         assert thread.is_alive(), "uvicorn failed to start"
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
-    live = LiveServer(f"http://127.0.0.1:{port}", port, server, thread)
+    from tests.serving.support import grant_key
+
+    live = LiveServer(
+        f"http://127.0.0.1:{port}", port, server, thread, {"X-API-Key": grant_key(app)}
+    )
     try:
         if ready:
             wait_ready(live.url)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,15 +117,34 @@ def make_settings(registry: ServingRegistry | None, **overrides: Any) -> Setting
         "MLFLOW_TRACKING_URI": registry.uri if registry else "sqlite:////nonexistent/mlflow.db",
         "reload_interval": 0.2,
         "cache_url": None,
+        # Each app gets its own user database; cheap hashing keeps the suite fast.
+        "database_url": f"sqlite:///{tempfile.mkdtemp(prefix='carprice-users-')}/users.db",
+        "bcrypt_rounds": 4,
     }
     values.update(overrides)
     return Settings(**values)
 
 
+_users = itertools.count()
+
+
+def grant_key(app: FastAPI, role: str = "predict") -> str:
+    """Create a user with ``role`` in the running app's database and return a new API key."""
+    from serving.principals import Role
+
+    accounts = app.state.access.accounts
+    name = f"client{next(_users)}"
+    accounts.create_user(name, "a-long-test-password", Role(role))
+    key: str = accounts.create_key(name, "tests").key
+    return key
+
+
 @contextlib.contextmanager
 def running(app: FastAPI, *, ready: bool = True) -> Iterator[TestClient]:
-    """A TestClient with the lifespan running; waits for a production model if ``ready``."""
+    """A TestClient with the lifespan running and an API key of the predict role on every
+    request; waits for a production model if ``ready``."""
     with TestClient(app, raise_server_exceptions=False) as client:
+        client.headers["X-API-Key"] = grant_key(app)
         if ready:
             models = app.state.models
             assert client.portal is not None

@@ -109,7 +109,7 @@ def test_with_redis_black_holed_latency_stays_bounded_under_concurrency(
     try:
         with (
             live_server(create_app(settings)) as server,
-            httpx.Client(base_url=server.url, timeout=10) as http,
+            httpx.Client(base_url=server.url, headers=server.headers, timeout=10) as http,
         ):
 
             def call(car: dict[str, object]) -> tuple[int, float]:

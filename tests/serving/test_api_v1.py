@@ -292,3 +292,18 @@ def test_the_docs_describe_both_versions(client: TestClient) -> None:
     car = spec["components"]["schemas"]["Car"]
     assert car["properties"]["year"]["minimum"] == 1990
     assert set(car["required"]) == set(REQUIRED)
+
+
+def test_metrics_expose_model_loads_readiness_and_cache_events(registry: ServingRegistry) -> None:
+    # Its own app: the gauges are process-wide, and an app another test stopped sets them to 0.
+    with running(create_app(make_settings(registry))) as client:
+        client.post("/v1/predict", json=unique_car())
+        text = client.get("/metrics").text
+    for series in (
+        'carprice_model_loads_total{outcome="ok"}',
+        "carprice_model_ready 1.0",
+        "carprice_model_version 1.0",
+        'carprice_cache_events_total{event="miss"}',
+        "http_requests_total",
+    ):
+        assert series in text

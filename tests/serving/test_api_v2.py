@@ -292,14 +292,15 @@ def test_tritonclient_http_works_against_the_server(registry: ServingRegistry) -
     ]
     with live_server(app) as server:
         client = triton.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+        auth = server.headers  # tritonclient sends X-API-Key like any header
         try:
             assert client.is_server_live()
             assert client.is_server_ready()
-            assert client.is_model_ready("car-price")
-            assert client.is_model_ready("car-price", "2")
-            assert not client.is_model_ready("other")
+            assert client.is_model_ready("car-price", headers=auth)
+            assert client.is_model_ready("car-price", "2", headers=auth)
+            assert not client.is_model_ready("other", headers=auth)
             assert client.get_server_metadata()["name"] == "carprice"
-            meta = client.get_model_metadata("car-price")
+            meta = client.get_model_metadata("car-price", headers=auth)
             assert [i["name"] for i in meta["inputs"]] == list(FEATURE_NAMES)
 
             result = client.infer(
@@ -307,6 +308,7 @@ def test_tritonclient_http_works_against_the_server(registry: ServingRegistry) -
                 _triton_inputs(batch),
                 outputs=[triton.InferRequestedOutput("price", binary_data=False)],
                 request_id="tc-1",
+                headers=auth,
             )
             prices = result.as_numpy("price")
             assert prices is not None
@@ -317,17 +319,19 @@ def test_tritonclient_http_works_against_the_server(registry: ServingRegistry) -
             assert (response["model_version"], response["id"]) == ("1", "tc-1")
 
             # Outputs not named: the client asks for binary outputs and reads JSON ones.
-            default = client.infer("car-price", _triton_inputs(batch))
+            default = client.infer("car-price", _triton_inputs(batch), headers=auth)
             assert np.array_equal(default.as_numpy("price"), prices)
 
-            pinned = client.infer("car-price", _triton_inputs(batch), model_version="2")
+            pinned = client.infer(
+                "car-price", _triton_inputs(batch), model_version="2", headers=auth
+            )
             assert pinned.get_response()["model_version"] == "2"
             assert not np.array_equal(pinned.as_numpy("price"), prices)
 
             with pytest.raises(InferenceServerException) as err:
-                client.infer("car-price", _triton_inputs(batch, binary=True))
+                client.infer("car-price", _triton_inputs(batch, binary=True), headers=auth)
             assert "binary" in str(err.value)
             with pytest.raises(InferenceServerException):
-                client.infer("car-price", _triton_inputs(batch), model_version="99")
+                client.infer("car-price", _triton_inputs(batch), model_version="99", headers=auth)
         finally:
             client.close()

@@ -44,7 +44,7 @@ def load(server: LiveServer, clients: int = 4) -> Iterator[Load]:
 
     def client(i: int) -> None:
         out = state.results.setdefault(i, [])
-        with httpx.Client(base_url=server.url, timeout=15) as http:
+        with httpx.Client(base_url=server.url, headers=server.headers, timeout=15) as http:
             n = i * 1000
             while not stop.is_set():
                 n += 1

@@ -121,5 +121,10 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body(
 def test_a_body_within_the_limit_is_served(small_limit_server: LiveServer) -> None:
     import httpx
 
-    r = httpx.post(f"{small_limit_server.url}/v1/predict", json=CAR, timeout=10)
+    r = httpx.post(
+        f"{small_limit_server.url}/v1/predict",
+        json=CAR,
+        headers=small_limit_server.headers,
+        timeout=10,
+    )
     assert r.status_code == 200, r.text

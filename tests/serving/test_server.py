@@ -43,7 +43,7 @@ def test_graceful_shutdown_lets_an_in_flight_request_finish(registry: ServingReg
             result["response"] = httpx.post(
                 f"{server.url}/v1/predict",
                 content=slow_body(),
-                headers={"Content-Type": "application/json"},
+                headers={"Content-Type": "application/json", **server.headers},
                 timeout=15,
             )
 
@@ -84,9 +84,26 @@ def test_carprice_serve_runs_the_api_and_stops_cleanly_on_sigterm(
         "CARPRICE_ENV": "test",
         "CARPRICE_JWT_SECRET": TEST_SECRET,
         "CARPRICE_RELOAD_INTERVAL": "1",
+        "CARPRICE_DATABASE_URL": f"sqlite:///{tmp_path / 'users.db'}",
     }
     env.pop("CARPRICE_CACHE_URL", None)
     carprice = Path(sys.executable).with_name("carprice")
+    # An operator's first steps: a user (password on stdin, never an argument), then a key.
+    subprocess.run(
+        [str(carprice), "users", "create", "app", "--role", "predict", "--password-stdin"],
+        input="a-long-test-password\n",
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    key = subprocess.run(
+        [str(carprice), "keys", "create", "--user", "app"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     log = (tmp_path / "serve.log").open("w+")
     proc = subprocess.Popen(
         [str(carprice), "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -97,7 +114,8 @@ def test_carprice_serve_runs_the_api_and_stops_cleanly_on_sigterm(
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, timeout=120)
-        r = httpx.post(f"{url}/v1/predict", json=CAR, headers={"X-Request-ID": "cli-1"}, timeout=10)
+        headers = {"X-Request-ID": "cli-1", "X-API-Key": key}
+        r = httpx.post(f"{url}/v1/predict", json=CAR, headers=headers, timeout=10)
         assert r.status_code == 200, r.text
         assert httpx.get(f"{url}/docs", timeout=10).status_code == 200
         proc.send_signal(signal.SIGTERM)
