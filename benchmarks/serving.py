@@ -53,7 +53,7 @@ DEFAULT_URI = f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
 MODEL = "car-price"
 
 WRK_SCRIPT = r"""
--- args: bodies file, mode (cycle | perturb | single), start offset, threads
+-- args: bodies file, mode (cycle | perturb | single), start offset, threads[, API key]
 local threads = {}
 local next_id = 0
 function setup(thread)
@@ -73,6 +73,7 @@ function init(args)
   bad = 0
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
+  if args[5] ~= nil and args[5] ~= "" then wrk.headers["X-API-Key"] = args[5] end
 end
 
 function request()
@@ -155,7 +156,13 @@ def server(cmd: list[str], env: dict[str, str], ready_url: str, log: Path) -> It
 
 
 def wrk(
-    url: str, bodies: Path, mode: str, args: argparse.Namespace, offset: int = 0, seconds: float = 0
+    url: str,
+    bodies: Path,
+    mode: str,
+    args: argparse.Namespace,
+    offset: int = 0,
+    seconds: float = 0,
+    api_key: str = "",
 ) -> dict[str, Any]:
     script = Path(args.workdir) / "bench.lua"
     script.write_text(WRK_SCRIPT)
@@ -175,6 +182,7 @@ def wrk(
         mode,
         str(offset),
         str(args.wrk_threads),
+        api_key,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     if done.returncode != 0:
@@ -221,6 +229,36 @@ def cars(rows: int, seed: int) -> list[dict[str, Any]]:
                 car[str(k)] = str(v)
         out.append(car)
     return out
+
+
+def api_key(env: dict[str, str], workdir: Path, venv_bin: Path) -> str:
+    """A user of the predict role in a throw-away user database, and an API key for it.
+
+    Sets the API's database and a rate limit the benchmark cannot reach in ``env``.
+    """
+    env["CARPRICE_DATABASE_URL"] = f"sqlite:///{workdir / 'users.db'}"
+    env["CARPRICE_RATE_LIMIT"] = "1000000000/minute"
+    carprice = str(venv_bin / "carprice")
+    subprocess.run(
+        [carprice, "users", "create", "bench", "--role", "predict", "--password-stdin"],
+        input=secrets.token_urlsafe(24) + "\n",
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    created = subprocess.run(
+        [carprice, "keys", "create", "--user", "bench"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return created.stdout.strip().splitlines()[-1]
 
 
 def temp_model(workdir: Path) -> str:
@@ -363,25 +401,32 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     api_env.pop("CARPRICE_CACHE_URL", None)
     if args.cache_url:
         api_env["CARPRICE_CACHE_URL"] = args.cache_url
+    key = api_key(api_env, workdir, venv_bin)
     cmd = [str(venv_bin / "carprice"), "serve", "--port", str(port), "--workers", str(args.workers)]
     print(f"starting the API ({args.workers} workers) ...", flush=True)
     with server(cmd, api_env, f"{url}/v2/health/ready", workdir / "api.log"):
         # Each worker loads its model in the background: warm until both answer.
-        wrk(f"{url}/v1/predict", stream, "cycle", args, offset=0, seconds=3)
+        wrk(f"{url}/v1/predict", stream, "cycle", args, offset=0, seconds=3, api_key=key)
         run = "api uncached"
         print(f"  {run}", flush=True)
-        results[run] = wrk(f"{url}/v1/predict", stream, "cycle", args, offset=5_000) | {"rows": 1}
+        results[run] = wrk(
+            f"{url}/v1/predict", stream, "cycle", args, offset=5_000, api_key=key
+        ) | {"rows": 1}
         run = "api cached"
         print(f"  {run}", flush=True)
-        wrk(f"{url}/v1/predict", single, "single", args, seconds=2)
-        results[run] = wrk(f"{url}/v1/predict", single, "single", args) | {"rows": 1}
+        wrk(f"{url}/v1/predict", single, "single", args, seconds=2, api_key=key)
+        results[run] = wrk(f"{url}/v1/predict", single, "single", args, api_key=key) | {"rows": 1}
         run = "api batch uncached"
         print(f"  {run}", flush=True)
-        results[run] = wrk(f"{url}/v1/predict/batch", batch_file, "perturb", args) | {"rows": 1000}
+        results[run] = wrk(f"{url}/v1/predict/batch", batch_file, "perturb", args, api_key=key) | {
+            "rows": 1000
+        }
         run = "api batch cached"
         print(f"  {run}", flush=True)
-        wrk(f"{url}/v1/predict/batch", batch_file, "single", args, seconds=2)
-        results[run] = wrk(f"{url}/v1/predict/batch", batch_file, "single", args) | {"rows": 1000}
+        wrk(f"{url}/v1/predict/batch", batch_file, "single", args, seconds=2, api_key=key)
+        results[run] = wrk(f"{url}/v1/predict/batch", batch_file, "single", args, api_key=key) | {
+            "rows": 1000
+        }
 
     # --- mlflow models serve ---
     port = free_port()

@@ -8,6 +8,7 @@ the model, the cache and the poller start in the lifespan and are closed after i
 from __future__ import annotations
 
 import functools
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from serving import logs
+from serving.batching import MicroBatcher
 from serving.cache import build_cache
 from serving.errors import install_error_handlers
 from serving.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -62,9 +64,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cache = build_cache(settings)
         app.state.models = models
         app.state.cache = cache
-        app.state.predictions = PredictionService(models, cache, settings.batch_max)
+        app.state.predictions = PredictionService(
+            models,
+            cache,
+            settings.batch_max,
+            MicroBatcher(settings.microbatch_max_rows, settings.microbatch_wait_ms / 1000),
+        )
         await open_auth(app.state, settings)
         await models.start()
+        if settings.gc_freeze:
+            # Everything loaded so far lives as long as the process: stop re-scanning it.
+            gc.collect()
+            gc.freeze()
         log.info(
             "serving %s@%s from %s",
             settings.model_name,

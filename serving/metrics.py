@@ -7,7 +7,7 @@ process counts its own (set ``PROMETHEUS_MULTIPROC_DIR`` to aggregate them).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 MODEL_LOADS = Counter(
     "carprice_model_loads",
@@ -23,4 +23,10 @@ CACHE_EVENTS = Counter(
     "Prediction cache: hit and miss count rows; error counts failed cache calls; skipped "
     "counts calls not made because the circuit breaker is open.",
     ["event"],
+)
+
+MICROBATCH_ROWS = Histogram(
+    "carprice_microbatch_rows",
+    "Rows per coalesced model call on the fast path (1 = no batching happened).",
+    buckets=(1, 2, 4, 8, 16, 32, 64),
 )

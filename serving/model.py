@@ -28,6 +28,7 @@ import pandas as pd
 from threadpoolctl import ThreadpoolController
 
 from serving.errors import ModelUnservable
+from serving.fastpath import CompiledPipeline, compile_pipeline
 from serving.features import BY_NAME, FEATURE_NAMES, FEATURES, Row, make_row
 from serving.registry import Registry, VersionInfo
 
@@ -49,9 +50,22 @@ class LoadedModel:
     contract: dict[str, Any] | None
     loaded_at: float
     threads: int = 1
+    compiled: CompiledPipeline | None = None
+    """The fast path (serving.fastpath), when the pipeline has the shape it knows."""
 
     def predict(self, rows: Sequence[Row]) -> np.ndarray:
         """Prices (float64, one per row) for validated rows."""
+        if self.compiled is not None:
+            return self.compiled.predict(rows)
+        return self.predict_reference(rows)
+
+    @property
+    def fast(self) -> bool:
+        """True when predictions are cheap enough to run on the event loop (small batches)."""
+        return self.compiled is not None
+
+    def predict_reference(self, rows: Sequence[Row]) -> np.ndarray:
+        """Prices from the estimator's own ``predict`` (DataFrame in), the slow reference."""
         frame = to_frame(rows)
         # OpenMP's thread count is per calling thread: set it in the thread that predicts.
         with _openmp().limit(limits=self.threads, user_api="openmp"):
@@ -226,4 +240,23 @@ def _load_from(path: Path, info: VersionInfo, threads: int) -> LoadedModel:
         contract=contract,
         loaded_at=time.time(),
         threads=threads,
+        compiled=_compile(estimator, rows, label),
     )
+
+
+def _compile(estimator: Any, example: tuple[Row, ...], label: str) -> CompiledPipeline | None:
+    """The fast path for ``estimator``, kept only if it reproduces ``predict`` on the example."""
+    compiled = compile_pipeline(estimator)
+    if compiled is None:
+        log.info("%s: no fast path for this pipeline shape; using its own predict", label)
+        return None
+    try:
+        fast = compiled.predict(example)
+        reference = np.asarray(estimator.predict(to_frame(example)), dtype=np.float64)
+    except Exception as exc:
+        log.warning("%s: fast path failed on the input example (%s); not used", label, exc)
+        return None
+    if not np.array_equal(fast, reference.reshape(-1)):
+        log.warning("%s: fast path differs from predict on the input example; not used", label)
+        return None
+    return compiled

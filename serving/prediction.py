@@ -10,9 +10,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import anyio.to_thread
-
 from serving import request_context
+from serving.batching import MicroBatcher
 from serving.cache import PredictionCache, cache_key
 from serving.errors import InvalidFeatures, PredictionFailed
 from serving.features import Row
@@ -33,10 +32,17 @@ class Prediction:
 class PredictionService:
     """Prices cars with the production model (or a pinned version), through the cache."""
 
-    def __init__(self, models: ModelStore, cache: PredictionCache, batch_max: int) -> None:
+    def __init__(
+        self,
+        models: ModelStore,
+        cache: PredictionCache,
+        batch_max: int,
+        batcher: MicroBatcher | None = None,
+    ) -> None:
         self.models = models
         self.cache = cache
         self.batch_max = batch_max
+        self.batcher = batcher or MicroBatcher(max_rows=16, wait_s=0.0)
 
     async def predict(self, rows: Sequence[Row], version: str | None = None) -> Prediction:
         """Price ``rows`` (validated cars) with one model version.
@@ -67,7 +73,7 @@ class PredictionService:
         if misses:
             CACHE_EVENTS.labels("miss").inc(len(misses))
             miss_rows = [rows[i] for i in misses]
-            predicted = await anyio.to_thread.run_sync(model.predict, miss_rows)
+            predicted = await self.batcher.predict(model, miss_rows)
             if predicted.shape != (len(miss_rows),):
                 raise PredictionFailed(
                     f"{model.name}/{model.version} returned {predicted.shape} prices for "

@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(30.0, gt=0)
     """Seconds a graceful shutdown waits for in-flight requests before closing them."""
 
+    microbatch_max_rows: int = Field(16, ge=1)
+    """Concurrent single-car predictions coalesced into one model call (fast path only);
+    batches this size or larger skip coalescing."""
+    microbatch_wait_ms: float = Field(0.0, ge=0)
+    """How long the first request of a micro-batch waits for others (0: until the event loop's
+    next turn, adding no latency)."""
+    gc_freeze: bool = True
+    """Move the start-up heap (MLflow, scikit-learn, the model) out of the garbage collector's
+    sight after loading, so full collections on the request path stay short."""
+
     # --- requests ---
     batch_max: int = Field(1000, ge=1)
     """Most cars in one /v1/predict/batch or /v2 infer request."""

@@ -77,8 +77,15 @@ def test_colour_moves_the_price_only_a_little(model: Any) -> None:
 def test_missing_values_still_give_a_sensible_price(model: Any) -> None:
     full = price(model)
     sparse = price(
-        model, engine_cc=None, max_power_bhp=None, mileage_kmpl=None, torque_nm=None,
-        seats=None, body_type=None, owner_type=None, color=None,
+        model,
+        engine_cc=None,
+        max_power_bhp=None,
+        mileage_kmpl=None,
+        torque_nm=None,
+        seats=None,
+        body_type=None,
+        owner_type=None,
+        color=None,
     )
     assert np.isfinite(sparse)
     assert abs(sparse - full) / full < 0.3
