@@ -26,11 +26,12 @@ data: setup ## make the raw data that data.dvc tracks (pulled from the DVC remot
 train: data ## run the pipeline: validate -> preprocess -> train -> evaluate
 	dvc repro
 
-run: train ## train, then serve the production model on http://127.0.0.1:8000
-	carprice demo-serve
+run: train ## train, create a demo admin + API key, serve the production model on :8000
+	CARPRICE_ENV=development carprice users bootstrap
+	CARPRICE_ENV=development carprice serve
 
-serve: setup
-	carprice serve
+serve: setup ## serve only (development settings; set CARPRICE_* for anything else)
+	CARPRICE_ENV=development carprice serve
 
 services: ## start PostgreSQL and Redis when they are not running
 	bash scripts/services.sh
