@@ -19,7 +19,11 @@ setup: $(BIN)/carprice ## create .venv and install the project with its dev tool
 
 data: setup ## make the raw data that data.dvc tracks (pulled from the DVC remote, else regenerated)
 	@if [ ! -f data/raw/cars.csv ]; then \
-	  dvc pull -q data.dvc 2>/dev/null || carprice data sample --rows $(ROWS) --seed $(SEED) --out data/raw/cars.csv; \
+	  dvc pull -q data.dvc 2>/dev/null || { \
+	    carprice data sample --rows $(ROWS) --seed $(SEED) --out data/raw/cars.csv && \
+	    dvc commit -q -f data.dvc && \
+	    { git diff --quiet -- data.dvc || { echo "regenerated data differs from data.dvc" >&2; exit 1; }; }; \
+	  }; \
 	fi
 	dvc status data.dvc
 
