@@ -180,6 +180,11 @@ def _validation_message(errors: Sequence[Any]) -> str:
 
 async def _on_serving_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServingError)
+    return serving_error_response(exc)
+
+
+def serving_error_response(exc: ServingError) -> JSONResponse:
+    """The response for a domain error: its status, ``Retry-After`` where it helps, the body."""
     status = status_of(exc)
     if status >= 500 and status != 503:
         log.error("%s: %s", exc.code, exc.message)

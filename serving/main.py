@@ -21,6 +21,8 @@ from serving import logs
 from serving.batching import MicroBatcher
 from serving.cache import build_cache
 from serving.errors import install_error_handlers
+from serving.fastlane import FastLane
+from serving.metrics import http_instrumentation
 from serving.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from serving.model import load_version
 from serving.model_store import ModelStore
@@ -109,8 +111,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last = outermost: the request id and access log cover everything, 413s included.
     app.add_middleware(BodySizeLimitMiddleware, limit=lambda: settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
-    Instrumentator(excluded_handlers=["/metrics"]).instrument(app).expose(
-        app, include_in_schema=False
+    instrumentator = Instrumentator(excluded_handlers=["/metrics"])
+    instrumentator.add(http_instrumentation()).instrument(app).expose(app, include_in_schema=False)
+    # Outermost of all: the common /v1 prediction skips the stack above (see serving.fastlane).
+    app.add_middleware(
+        FastLane,
+        fastapi_app=app,
+        enabled=settings.fast_lane,
+        max_body=lambda: settings.max_body_bytes,
     )
     return app
 

@@ -7,7 +7,11 @@ process counts its own (set ``PROMETHEUS_MULTIPROC_DIR`` to aggregate them).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_fastapi_instrumentator import metrics as http_metrics
 
 MODEL_LOADS = Counter(
     "carprice_model_loads",
@@ -30,3 +34,20 @@ MICROBATCH_ROWS = Histogram(
     "Rows per coalesced model call on the fast path (1 = no batching happened).",
     buckets=(1, 2, 4, 8, 16, 32, 64),
 )
+FAST_LANE = Counter(
+    "carprice_fast_lane_requests",
+    "/v1 prediction requests the fast lane answered itself (served) or handed to the full "
+    "FastAPI stack (handed_over: invalid input, bad credentials, CORS, ...).",
+    ["outcome"],
+)
+
+
+@functools.cache
+def http_instrumentation() -> Callable[[http_metrics.Info], None]:
+    """The instrumentator's default HTTP metrics (``http_requests_total``, latency and size by
+    handler), created once per process: the instrumentator's middleware and the fast lane
+    (:mod:`serving.fastlane`) both record into them."""
+    instrumentation = http_metrics.default()
+    if instrumentation is None:  # its collectors exist already, created by someone else
+        raise RuntimeError("the HTTP metrics are already registered in this process")
+    return instrumentation

@@ -183,15 +183,23 @@ async def authenticate(
     request: Request, access: AccessControl, token: str | None, api_key: str | None
 ) -> Principal:
     """The caller, from ``X-API-Key`` or a bearer token (raises ``NotAuthenticated``)."""
-    authenticator = access.authenticator
+    if api_key is None and not token:
+        if API_KEY_HEADER in request.headers or "authorization" in request.headers:
+            raise NotAuthenticated("unusable credentials header")
+        raise NotAuthenticated("no credentials", presented=False)
+    return await verify_credentials(access, token, api_key)
+
+
+async def verify_credentials(
+    access: AccessControl, token: str | None, api_key: str | None
+) -> Principal:
+    """The owner of ``api_key`` if given, else of ``token`` (raises ``NotAuthenticated``)."""
     if api_key is not None:
         if len(api_key) > MAX_KEY_LENGTH:
             raise InvalidApiKey("oversized API key")
-        return await authenticator.by_api_key(api_key)
+        return await access.authenticator.by_api_key(api_key)
     if token:
-        return await authenticator.by_token(token)
-    if API_KEY_HEADER in request.headers or "authorization" in request.headers:
-        raise NotAuthenticated("unusable credentials header")
+        return await access.authenticator.by_token(token)
     raise NotAuthenticated("no credentials", presented=False)
 
 

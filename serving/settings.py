@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     microbatch_wait_ms: float = Field(0.0, ge=0)
     """How long the first request of a micro-batch waits for others (0: until the event loop's
     next turn, adding no latency)."""
+    fast_lane: bool = True
+    """Serve ``POST /v1/predict`` and ``/v1/predict/batch`` from the fast lane
+    (:mod:`serving.fastlane`): the same answers for a fraction of the CPU. Off sends every
+    request through the full FastAPI stack."""
     gc_freeze: bool = True
     """Move the start-up heap (MLflow, scikit-learn, the model) out of the garbage collector's
     sight after loading, so full collections on the request path stay short."""
