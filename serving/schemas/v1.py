@@ -10,9 +10,19 @@ unknown fields are refused. Categories are free text (an unseen brand is priced 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NotRequired, Required
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    with_config,
+)
+from typing_extensions import TypedDict
 
 from serving.features import BY_NAME, MAX_CATEGORY_LENGTH, Row, make_row
 from serving.registry import VersionInfo
@@ -87,6 +97,31 @@ class Car(BaseModel):
     def to_row(self) -> Row:
         """The canonical row the prediction service takes."""
         return make_row(self.__dict__)
+
+
+def _strict_field(name: str) -> Any:
+    f = BY_NAME[name]
+    base: Any
+    if f.kind == "categorical":
+        base = Annotated[StrictStr, Field(min_length=1, max_length=MAX_CATEGORY_LENGTH)]
+    else:
+        kind = StrictInt if f.kind == "integer" else StrictFloat
+        base = Annotated[kind, Field(ge=f.min, le=f.max)]
+    return NotRequired[base | None] if f.nullable else Required[base]
+
+
+def _strict_car() -> Any:
+    fields = {name: _strict_field(name) for name in Car.model_fields}
+    strict_car = TypedDict("StrictCar", fields, total=False)  # type: ignore[misc]
+    config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
+    return with_config(config)(strict_car)
+
+
+StrictCar: Any = _strict_car()
+"""A stricter, cheaper twin of :class:`Car` for the fast lane: integer fields take JSON
+integers only (``2019``, not ``2019.0``). What it accepts :class:`Car` accepts too, with the same
+row; what it refuses goes to :class:`Car` (validating a dict skips building a frozen model and
+the per-field Python checks: ~2x faster per car)."""
 
 
 class PricePrediction(BaseModel):

@@ -20,6 +20,7 @@ from pipelines.contract import build_contract
 from pipelines.preprocess import clean
 from pipelines.synthetic import generate
 from pipelines.train import split_xy
+from serving.features import BY_NAME
 from serving.settings import Settings
 
 MODEL = "car-price"
@@ -94,7 +95,8 @@ def cars(n: int, seed: int = 5) -> list[dict[str, Any]]:
             if v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v)):
                 car[str(k)] = None
             elif isinstance(v, int | float | np.integer | np.floating):
-                car[str(k)] = float(v)
+                # As a JSON client sends them: 2019 for an integer field, 16.5 for a float one.
+                car[str(k)] = int(v) if BY_NAME[str(k)].kind == "integer" else float(v)
             else:
                 car[str(k)] = str(v)
         out.append(car)

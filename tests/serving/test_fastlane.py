@@ -8,9 +8,11 @@ so a lane that handed everything over could not pass.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
+import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,13 +21,17 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
+from pydantic import TypeAdapter, ValidationError
 
 from serving.deps import get_app_settings
+from serving.features import make_row
 from serving.main import create_app
 from serving.principals import Role
+from serving.schemas.v1 import Car, StrictCar
 from tests.serving.support import (
     CAR,
     ServingRegistry,
+    cars,
     error_of,
     make_settings,
     running,
@@ -293,3 +299,50 @@ def test_a_model_error_is_mapped_as_the_stack_maps_it(registry: ServingRegistry)
     error_of(r, 503, "model_not_ready")
     assert r.headers["retry-after"] == "5"
     assert "x-ratelimit-limit" in r.headers
+
+
+def _mutations(car: dict[str, Any], rng: random.Random) -> Iterator[dict[str, Any]]:
+    odd = [
+        None,
+        True,
+        "2019",
+        " 2019",
+        "",
+        "  ",
+        "x" * 65,
+        2019.0,
+        2019.5,
+        -1,
+        1e300,
+        0,
+        4.0,
+        [],
+        {},
+    ]
+    yield car
+    for _ in range(6):
+        name = rng.choice(list(car))
+        yield car | {name: rng.choice(odd)}
+    yield {k: v for k, v in car.items() if k != rng.choice(list(car))}
+    yield car | {"extra": 1}
+
+
+def test_the_strict_pre_validator_accepts_only_what_car_accepts_with_the_same_row() -> None:
+    rng = random.Random(3)
+    bodies = [m for car in cars(300, seed=9) for m in _mutations(car, rng)]
+    strict = TypeAdapter(StrictCar)
+    accepted = refused_by_strict_only = 0
+    for body in bodies:
+        raw = json.dumps(body).encode()
+        try:
+            row = make_row(strict.validate_json(raw))
+        except ValidationError:
+            with contextlib.suppress(ValidationError):
+                Car.model_validate_json(raw)
+                refused_by_strict_only += 1
+            continue
+        assert Car.model_validate_json(raw).to_row() == row, body
+        accepted += 1
+    # Both outcomes happened: the comparison above was not vacuous.
+    assert accepted > 100
+    assert refused_by_strict_only > 10

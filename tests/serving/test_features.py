@@ -42,3 +42,17 @@ def test_digest_is_the_same_for_the_same_car_however_it_was_spelled() -> None:
 @pytest.mark.parametrize(("field", "value"), [("year", 2018), ("brand", "Honda"), ("color", None)])
 def test_digest_changes_with_any_feature(field: str, value: object) -> None:
     assert row_digest(make_row(CAR)) != row_digest(make_row(CAR | {field: value}))
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ({"color": "None"}, {"color": None}),
+        ({"brand": "A', 'B", "model": "C"}, {"brand": "A", "model": "B', 'C"}),
+        ({"year": 2019.0}, {"year": 2019.0000000000002}),
+    ],
+)
+def test_digests_of_different_rows_differ_even_for_lookalike_values(
+    a: dict[str, object], b: dict[str, object]
+) -> None:
+    assert row_digest(make_row(CAR | a)) != row_digest(make_row(CAR | b))
