@@ -98,10 +98,19 @@ class ApiKeyVerifier:
     ) -> None:
         self._find = find
         self.cache: TTLCache[str, KeyRecord] = TTLCache(cache_ttl, max_entries=max_entries)
+        # key -> (trusted until, prefix, key id, principal): keys verified since their record
+        # was loaded.
+        self._verified: dict[str, tuple[float, str, int, Principal]] = {}
         self._used: dict[int, float] = {}
 
     async def verify(self, key: str) -> Principal:
         """The principal ``key`` belongs to; raises ``InvalidApiKey`` otherwise."""
+        # A key verified while its record is still trusted needs no parsing or hashing again
+        # (a third of the cost of a cached prediction); the entry dies with the record's.
+        known = self._verified.get(key)
+        if known is not None and known[0] > self.cache.now():
+            self._used[known[2]] = time.time()
+            return known[3]
         prefix = key_prefix(key)
         if prefix is None:
             raise InvalidApiKey("malformed API key")
@@ -114,17 +123,25 @@ class ApiKeyVerifier:
         if record.revoked:
             raise InvalidApiKey(f"revoked API key {prefix}")
         self._used[record.key_id] = time.time()
-        return Principal(
+        principal = Principal(
             user_id=record.user_id,
             username=record.username,
             role=record.role,
             via="api_key",
             key_id=record.key_id,
         )
+        expires = self.cache.expires_at(prefix)
+        if expires is not None:
+            if len(self._verified) >= self.cache.max_entries:
+                self._verified.clear()
+            self._verified[key] = (expires, prefix, record.key_id, principal)
+        return principal
 
     def forget(self, prefix: str) -> None:
         """Drop a cached key (this process honours a revocation at once)."""
         self.cache.forget(prefix)
+        for key in [k for k, known in self._verified.items() if known[1] == prefix]:
+            del self._verified[key]
 
     def take_usage(self) -> dict[int, float]:
         """Key ids used since the last call, with the Unix time of their latest use."""

@@ -43,6 +43,15 @@ class TTLCache(Generic[K, V]):
             return True, entry[1]
         return False, None
 
+    def expires_at(self, key: K) -> float | None:
+        """When the entry of ``key`` stops being trusted (on :meth:`now`'s clock), if any."""
+        entry = self._entries.get(key)
+        return entry[0] if entry is not None else None
+
+    def now(self) -> float:
+        """The cache's clock."""
+        return self._clock()
+
     def put(self, key: K, value: V | None) -> None:
         """Remember ``value`` for ``key`` for ``ttl`` seconds."""
         if self.ttl <= 0:

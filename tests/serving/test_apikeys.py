@@ -135,6 +135,20 @@ async def test_verified_keys_are_cached_for_the_ttl(accounts: Accounts) -> None:
     assert finder.calls == 2
 
 
+async def test_a_remembered_key_still_refuses_a_wrong_secret_and_counts_its_uses(
+    accounts: Accounts,
+) -> None:
+    created = accounts.create_key("ann")
+    verifier = ApiKeyVerifier(CountingFinder(accounts), cache_ttl=60)
+    await verifier.verify(created.key)
+    verifier.take_usage()
+    await verifier.verify(created.key)  # answered from the verified keys
+    assert set(verifier.take_usage()) == {created.info.id}
+    forged = created.key[:-4] + ("aaaa" if not created.key.endswith("aaaa") else "bbbb")
+    with pytest.raises(InvalidApiKey, match="wrong secret"):
+        await verifier.verify(forged)
+
+
 async def test_forget_honours_a_revocation_at_once(accounts: Accounts) -> None:
     created = accounts.create_key("ann")
     verifier = ApiKeyVerifier(CountingFinder(accounts), cache_ttl=60)
