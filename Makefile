@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 ROWS ?= 20000
 SEED ?= 42
 
-.PHONY: setup data train run serve test lint format services bench bench-quality bench-pipeline bench-pipeline-1m clean
+.PHONY: setup data train run serve test lint format services bench bench-ops bench-knobs bench-quality bench-pipeline bench-pipeline-1m clean
 
 $(BIN)/carprice: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -61,8 +61,14 @@ bench-pipeline-1m: setup ## the same on 1,000,000 rows (several minutes)
 bench-quality: setup ## model RMSE vs irreducible error and MAE vs a linear baseline
 	python benchmarks/quality.py
 
-bench: setup ## serving benchmark (see benchmarks/serving.py)
+bench: setup ## serving benchmark against the issue's targets (see benchmarks/serving.py; needs wrk)
 	python benchmarks/serving.py
+
+bench-ops: setup ## worker memory with the pinned LRU full, a hot swap under load (needs wrk)
+	python benchmarks/serving_ops.py
+
+bench-knobs: setup ## the serving loads with one setting changed at a time (~8 min; needs wrk)
+	python benchmarks/serving_knobs.py
 
 clean:
 	rm -rf data/processed models reports mlruns dvc_plots

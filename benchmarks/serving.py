@@ -1,24 +1,28 @@
 """Serving benchmark: this API against ``mlflow models serve``, a constant FastAPI endpoint and
 the model's own in-process ``predict``, side by side on the same model and the same car.
 
-Run ``python benchmarks/serving.py`` (``make bench``). Every HTTP scenario runs ``wrk`` with
-32 connections for ``--duration`` seconds (after a short warm-up) against servers with 2
-uvicorn workers on 127.0.0.1:
+Run ``python benchmarks/serving.py`` (``make bench``). The three servers (the API,
+``mlflow models serve``, the constant endpoint) run side by side, 2 uvicorn workers each, on
+127.0.0.1; every scenario runs ``wrk`` with 32 connections for ``--duration`` seconds (after a
+short warm-up), and the whole set is repeated ``--rounds`` times (default 5): the report gives
+each figure's median over the rounds, and each ratio's median over the rounds' ratios (the
+two sides of a ratio are measured back to back, in alternating order).
 
 * ``api uncached``: ``POST /v1/predict``, a stream of distinct cars drawn like the training
-  data (the cache is on, every request misses);
+  data, never repeated across rounds (the cache is on, every request misses);
 * ``api cached``: ``POST /v1/predict``, one car repeated (every request after the first hits);
 * ``api batch uncached``: ``POST /v1/predict/batch`` with 1,000 cars, a few kilometres
   changed per request so every row misses; ``api batch cached``: the same body repeated;
 * ``mlflow models serve``: ``POST /invocations`` with the same car (``dataframe_records``);
 * ``fastapi constant``: the same ``Car`` validation returning a constant (the ceiling);
-* ``in-process``: the model's pipeline ``predict`` on one row and on 1,000 rows, and the
-  serving path (rows -> frame -> predict) on the same.
+* ``in-process``: the model's own pipeline ``predict`` on a one-row and a 1,000-row
+  DataFrame, and the API's serving path (validated rows -> compiled fast path) on the same.
 
 The model is ``models:/car-price@production`` of ``MLFLOW_TRACKING_URI`` (default: the
 project's ``mlruns/mlflow.db``, run ``make train`` first), or with ``--temp-model`` one trained
 here with ``params.yaml``'s hyper-parameters into a temporary registry. Prints requests/s,
-rows/s, p50/p99 and the ratios, and writes ``benchmarks/results/serving.json``.
+rows/s, p50/p99, the ratios and the issue's targets (exit status 1 if one is not met), and
+writes ``benchmarks/results/serving.json`` (medians and every round).
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``). Targets 127.0.0.1 only; bounded in time.
 """
@@ -26,6 +30,7 @@ Needs ``wrk`` (Debian: ``apt-get install -y wrk``). Targets 127.0.0.1 only; boun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -82,6 +87,12 @@ function request()
   n = n + 1
   if mode == "cycle" then
     body = bodies[(k % #bodies) + 1]
+    local wraps = math.floor(k / #bodies)
+    if wraps > 0 then  -- past the end of the stream: shift the kilometres, still a new car
+      body = string.gsub(body, '"km_driven":(%d+)', function(km)
+        return '"km_driven":' .. (tonumber(km) + wraps)
+      end)
+    end
   elseif mode == "perturb" then
     body = string.gsub(bodies[1], '"km_driven":(%d+)%.?%d*', function(km)
       local v = tonumber(km) + k + 1
@@ -291,65 +302,67 @@ def temp_model(workdir: Path) -> str:
     return uri
 
 
-def in_process(
-    uri: str, one: dict[str, Any], thousand: list[dict[str, Any]], seconds: float
-) -> dict[str, Any]:
-    """Time the model's own predict and the serving path, in this process, one thread."""
-    from serving.features import make_row
-    from serving.model import load_version, to_frame
-    from serving.registry import Registry
+class InProcess:
+    """The model's own predict and the API's serving path, timed in this process, one thread."""
 
-    registry = Registry(uri, MODEL, 30)
-    info = registry.version_for_alias("production")
-    assert info is not None, f"no {MODEL}@production in {uri}"
-    model = load_version(registry, info, threads=1)
-    one_rows = [make_row(one)]
-    many_rows = [make_row(c) for c in thousand]
-    one_frame, many_frame = to_frame(one_rows), to_frame(many_rows)
+    def __init__(self, uri: str, one: dict[str, Any], thousand: list[dict[str, Any]]) -> None:
+        from serving.features import make_row
+        from serving.model import load_version, to_frame
+        from serving.registry import Registry
 
-    def pipeline_predict(frame: Any) -> Callable[[], Any]:
+        registry = Registry(uri, MODEL, 30)
+        info = registry.version_for_alias("production")
+        assert info is not None, f"no {MODEL}@production in {uri}"
+        self.version = info.version
+        self.model = load_version(registry, info, threads=1)
+        self.one_rows = [make_row(one)]
+        self.many_rows = [make_row(c) for c in thousand]
+        self.one_frame, self.many_frame = to_frame(self.one_rows), to_frame(self.many_rows)
+
+    def _pipeline_predict(self, frame: Any) -> Callable[[], Any]:
+        from serving.model import _openmp
+
         def call() -> Any:
-            from serving.model import _openmp
-
             with _openmp().limit(limits=1, user_api="openmp"):
-                return model.estimator.predict(frame)
+                return self.model.estimator.predict(frame)
 
         return call
 
-    out = {}
-    cases: list[tuple[str, Callable[[], Any], int]] = [
-        ("model predict, 1 row", pipeline_predict(one_frame), 1),
-        ("model predict, 1000 rows", pipeline_predict(many_frame), len(many_rows)),
-        ("serving path, 1 row", lambda: model.predict(one_rows), 1),
-        ("serving path, 1000 rows", lambda: model.predict(many_rows), len(many_rows)),
-    ]
-    for name, call, rows in cases:
-        for _ in range(3):
-            call()
-        times = []
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline or len(times) < 20:
-            started = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - started)
-        times.sort()
-        p50 = statistics.median(times)
-        out[name] = {
-            "requests_per_s": len(times) / sum(times),
-            "rows_per_s": rows * len(times) / sum(times),
-            "p50_ms": p50 * 1000,
-            "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
-            "calls": len(times),
-        }
-    return {"version": info.version, "results": out}
+    def measure(self, seconds: float) -> dict[str, dict[str, Any]]:
+        cases: list[tuple[str, Callable[[], Any], int]] = [
+            ("model predict, 1 row", self._pipeline_predict(self.one_frame), 1),
+            ("model predict, 1000 rows", self._pipeline_predict(self.many_frame), 1000),
+            ("serving path, 1 row", lambda: self.model.predict(self.one_rows), 1),
+            ("serving path, 1000 rows", lambda: self.model.predict(self.many_rows), 1000),
+        ]
+        out = {}
+        for name, call, rows in cases:
+            for _ in range(3):
+                call()
+            times = []
+            deadline = time.perf_counter() + seconds / len(cases)
+            while time.perf_counter() < deadline or len(times) < 20:
+                started = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - started)
+            times.sort()
+            out[f"in-process {name}"] = {
+                "requests_per_s": len(times) / sum(times),
+                "rows_per_s": rows * len(times) / sum(times),
+                "p50_ms": statistics.median(times) * 1000,
+                "p99_ms": times[min(len(times) - 1, int(len(times) * 0.99))] * 1000,
+                "calls": len(times),
+            }
+        return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10, help="seconds per scenario")
+    parser.add_argument("--duration", type=float, default=6, help="seconds per scenario")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2, help="uvicorn workers per server")
     parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5, help="median of this many rounds")
     parser.add_argument("--temp-model", action="store_true", help="train a model here")
     parser.add_argument(
         "--cache-url", default=None, help="Redis URL for the API (default: in-process)"
@@ -383,7 +396,6 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     batch_file = write_lines(workdir / "batch.jsonl", [batch])
     mlflow_single = write_lines(workdir / "mlflow.jsonl", [{"dataframe_records": [one]}])
 
-    results: dict[str, dict[str, Any]] = {}
     venv_bin = Path(sys.executable).parent
     base_env = os.environ | {
         "MLFLOW_TRACKING_URI": uri,
@@ -391,10 +403,6 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         # mlflow models serve runs a bare ``uvicorn``: it must find the venv's.
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-
-    # --- this API ---
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     api_env = base_env | {
         "CARPRICE_ENV": "test",
         "CARPRICE_JWT_SECRET": secrets.token_hex(32),
@@ -404,83 +412,119 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     if args.cache_url:
         api_env["CARPRICE_CACHE_URL"] = args.cache_url
     key = api_key(api_env, workdir, venv_bin)
-    cmd = [str(venv_bin / "carprice"), "serve", "--port", str(port), "--workers", str(args.workers)]
-    print(f"starting the API ({args.workers} workers) ...", flush=True)
-    with server(cmd, api_env, f"{url}/v2/health/ready", workdir / "api.log"):
-        # Each worker loads its model in the background: warm until both answer.
-        wrk(f"{url}/v1/predict", stream, "cycle", args, offset=0, seconds=3, api_key=key)
-        run = "api uncached"
-        print(f"  {run}", flush=True)
-        results[run] = wrk(
-            f"{url}/v1/predict", stream, "cycle", args, offset=5_000, api_key=key
-        ) | {"rows": 1}
-        run = "api cached"
-        print(f"  {run}", flush=True)
-        wrk(f"{url}/v1/predict", single, "single", args, seconds=2, api_key=key)
-        results[run] = wrk(f"{url}/v1/predict", single, "single", args, api_key=key) | {"rows": 1}
-        run = "api batch uncached"
-        print(f"  {run}", flush=True)
-        results[run] = wrk(f"{url}/v1/predict/batch", batch_file, "perturb", args, api_key=key) | {
-            "rows": 1000
-        }
-        run = "api batch cached"
-        print(f"  {run}", flush=True)
-        wrk(f"{url}/v1/predict/batch", batch_file, "single", args, seconds=2, api_key=key)
-        results[run] = wrk(f"{url}/v1/predict/batch", batch_file, "single", args, api_key=key) | {
-            "rows": 1000
-        }
-
-    # --- mlflow models serve ---
-    port = free_port()
-    cmd = [
-        str(venv_bin / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@production",
-        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(args.workers),
+    api, mlflow_url, ceiling = free_port(), free_port(), free_port()
+    servers = [
+        (
+            "the API",
+            [str(venv_bin / "carprice"), "serve", "--port", str(api),
+             "--workers", str(args.workers)],
+            api_env,
+            f"http://127.0.0.1:{api}/v2/health/ready",
+        ),
+        (
+            "mlflow models serve",
+            [str(venv_bin / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@production",
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_url),
+             "-w", str(args.workers)],
+            base_env,
+            f"http://127.0.0.1:{mlflow_url}/health",
+        ),
+        (
+            "the constant FastAPI endpoint",
+            [sys.executable, "-m", "uvicorn", "benchmarks.serving_ceiling:app",
+             "--port", str(ceiling), "--workers", str(args.workers), "--no-access-log",
+             "--log-level", "warning"],
+            base_env,
+            f"http://127.0.0.1:{ceiling}/v2/health/ready",
+        ),
     ]  # fmt: skip
-    print("starting mlflow models serve ...", flush=True)
-    with server(cmd, base_env, f"http://127.0.0.1:{port}/health", workdir / "mlflow.log"):
-        invocations = f"http://127.0.0.1:{port}/invocations"
-        wrk(invocations, mlflow_single, "single", args, seconds=3)
-        print("  mlflow models serve", flush=True)
-        results["mlflow models serve"] = wrk(invocations, mlflow_single, "single", args) | {
-            "rows": 1
-        }
-
-    # --- the framework's ceiling ---
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "uvicorn", "benchmarks.serving_ceiling:app",
-        "--port", str(port), "--workers", str(args.workers), "--no-access-log",
-        "--log-level", "warning",
+    predict = f"http://127.0.0.1:{api}/v1/predict"
+    # (name, url, bodies, wrk mode, rows per request, warm-up seconds, API key)
+    scenarios: list[tuple[str, str, Path, str, int, float, str]] = [
+        ("api uncached", predict, stream, "cycle", 1, 0, key),
+        ("api cached", predict, single, "single", 1, 2, key),
+        ("api batch uncached", f"{predict}/batch", batch_file, "perturb", 1000, 0, key),
+        ("api batch cached", f"{predict}/batch", batch_file, "single", 1000, 2, key),
+        ("mlflow models serve", f"http://127.0.0.1:{mlflow_url}/invocations", mlflow_single,
+         "single", 1, 2, ""),
+        ("fastapi constant", f"http://127.0.0.1:{ceiling}/v1/predict", single, "single", 1, 2, ""),
     ]  # fmt: skip
-    print("starting the constant FastAPI endpoint ...", flush=True)
-    with server(cmd, base_env, f"http://127.0.0.1:{port}/v2/health/ready", workdir / "ceiling.log"):
-        target = f"http://127.0.0.1:{port}/v1/predict"
-        wrk(target, single, "single", args, seconds=2)
-        print("  fastapi constant", flush=True)
-        results["fastapi constant"] = wrk(target, single, "single", args) | {"rows": 1}
+    by_name = {sc[0]: sc for sc in scenarios}
+    # Pairs measured back to back, the order swapped every round (ABBA): on a shared machine
+    # the load of the neighbours drifts within minutes, and a ratio of two figures taken
+    # seconds apart is steadier than a ratio of medians.
+    pairs = [
+        ("api uncached", "mlflow models serve"),
+        ("api cached", "fastapi constant"),
+        ("api batch uncached", "in-process"),
+        ("api batch cached",),
+    ]
+    local = InProcess(uri, one, batch)
+    rounds: list[dict[str, dict[str, Any]]] = []
+    with contextlib.ExitStack() as stack:
+        for name, cmd, env, ready in servers:
+            print(f"starting {name} ({args.workers} workers) ...", flush=True)
+            stack.enter_context(server(cmd, env, ready, workdir / f"{name.split()[1]}.log"))
+        # Each API worker loads its model in the background: warm until both answer.
+        wrk(predict, stream, "cycle", args, offset=0, seconds=3, api_key=key)
+        offset = 5_000
+        for r in range(args.rounds):
+            print(f"round {r + 1} of {args.rounds}", flush=True)
+            results: dict[str, dict[str, Any]] = {}
+            for pair in pairs:
+                for name in pair if r % 2 == 0 else reversed(pair):
+                    print(f"  {name}", flush=True)
+                    if name == "in-process":
+                        results |= local.measure(args.duration)
+                        continue
+                    _, url, bodies, mode, rows, warm, credential = by_name[name]
+                    if warm:
+                        wrk(url, bodies, mode, args, seconds=warm, api_key=credential)
+                    # Uncached streams go on where the last one stopped: every car is new.
+                    result = wrk(url, bodies, mode, args, offset=offset, api_key=credential)
+                    if mode != "single":
+                        offset += result["requests"] + 1000
+                    results[name] = result | {
+                        "rows": rows,
+                        "rows_per_s": result["requests_per_s"] * rows,
+                    }
+            rounds.append(results)
 
-    for r in results.values():
-        r["rows_per_s"] = r["requests_per_s"] * r["rows"]
-
-    print("timing the model in-process ...", flush=True)
-    local = in_process(uri, one, batch, seconds=min(5.0, args.duration / 2))
-    results |= {f"in-process {k}": v for k, v in local["results"].items()}
-
-    ratios = _ratios(results)
+    merged = _medians(rounds)
+    ratios = {k: statistics.median(_ratios(r)[k] for r in rounds) for k in _ratios(rounds[0])}
     report = {
-        "model": f"{MODEL}/{local['version']} from {uri}",
+        "model": f"{MODEL}/{local.version} from {uri}",
         "connections": args.connections,
         "workers": args.workers,
         "duration_s": args.duration,
+        "rounds": args.rounds,
         "cpus": os.cpu_count(),
-        "results": results,
+        "results": merged,
         "ratios": ratios,
+        "ratios_per_round": [_ratios(r) for r in rounds],
+        "targets": _targets(merged, ratios),
+        "per_round": rounds,
         "out": str(args.out),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     _print(report)
-    return 0
+    return 0 if all(t["met"] for t in report["targets"]) else 1
+
+
+def _medians(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per scenario and figure, the median over the rounds (servers share the machine, and
+    a neighbour's burst lands on one round, not on the median)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in rounds[0]:
+        out[name] = {}
+        for field, first in rounds[0][name].items():
+            values = [r[name][field] for r in rounds]
+            out[name][field] = (
+                statistics.median(values) if isinstance(first, int | float) else first
+            )
+        out[name]["errors"] = sum(r[name].get("errors", 0) for r in rounds)
+    return out
 
 
 def _ratios(r: dict[str, dict[str, Any]]) -> dict[str, float]:
@@ -494,18 +538,41 @@ def _ratios(r: dict[str, dict[str, Any]]) -> dict[str, float]:
         "api cached / api uncached (req/s)": rps("api cached") / rps("api uncached"),
         "api uncached / mlflow models serve (req/s)": rps("api uncached")
         / rps("mlflow models serve"),
-        "api cached / mlflow models serve (req/s)": rps("api cached") / rps("mlflow models serve"),
         "api uncached / fastapi constant (req/s)": rps("api uncached") / rps("fastapi constant"),
         "api cached / fastapi constant (req/s)": rps("api cached") / rps("fastapi constant"),
-        "api batch uncached / api uncached (rows/s)": rows("api batch uncached")
-        / rows("api uncached"),
+        "api batch uncached / in-process model predict 1000 rows (rows/s)": rows(
+            "api batch uncached"
+        )
+        / rows("in-process model predict, 1000 rows"),
         "api batch uncached / in-process serving path 1000 rows (rows/s)": rows(
             "api batch uncached"
         )
         / rows("in-process serving path, 1000 rows"),
-        "api uncached p50 / in-process model predict 1 row p50": float(r["api uncached"]["p50_ms"])
-        / float(r["in-process model predict, 1 row"]["p50_ms"]),
+        "api batch cached / in-process model predict 1000 rows (rows/s)": rows("api batch cached")
+        / rows("in-process model predict, 1000 rows"),
     }
+
+
+def _targets(r: dict[str, dict[str, Any]], ratios: dict[str, float]) -> list[dict[str, Any]]:
+    """The targets of the performance issue, each with the measured value (ratios: the median
+    of the per-round ratios; p99: the median of the rounds' p99)."""
+    # (target, value, bound): met when value >= bound ("less than" targets are negated).
+    checks = [
+        ("uncached >= 10x mlflow models serve",
+         ratios["api uncached / mlflow models serve (req/s)"], 10),
+        ("uncached >= 20% of the constant endpoint",
+         ratios["api uncached / fastapi constant (req/s)"], 0.20),
+        ("uncached p99 < 50 ms", -float(r["api uncached"]["p99_ms"]), -50),
+        ("cached >= 70% of the constant endpoint",
+         ratios["api cached / fastapi constant (req/s)"], 0.70),
+        ("batch of 1000 >= 90% of in-process predict rows/s",
+         ratios["api batch uncached / in-process model predict 1000 rows (rows/s)"], 0.90),
+        ("no failed request", -float(sum(x.get("errors", 0) for x in r.values())), 0),
+    ]  # fmt: skip
+    return [
+        {"target": name, "value": abs(value), "met": value >= bound}
+        for name, value, bound in checks
+    ]
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -529,6 +596,9 @@ def _print(report: dict[str, Any]) -> None:
     print()
     for name, value in report["ratios"].items():
         print(f"{name:<70}{value:>8.2f}")
+    print()
+    for t in report["targets"]:
+        print(f"{'met    ' if t['met'] else 'NOT MET'} {t['target']:<56}{t['value']:>10.2f}")
     print(f"\nwritten to {report['out']}")
 
 

@@ -2,9 +2,15 @@
 
 Under load many requests reach the model within the same turn of the event loop. Each would pay
 the fixed cost of a predict call (array set-up, one pass over every tree level) for one row;
-together they pay it once. Small batches on the fast path run inline on the event loop (a
-fraction of a millisecond, cheaper than a hop to a worker thread); large batches and models
-without a fast path run in a worker thread, as before.
+together they pay it once.
+
+On the fast path every prediction runs inline on the event loop, small ones coalesced, large
+ones (``max_rows`` and more) at once. Not in a worker thread: the trees' predictor gives the GIL
+back for each tree and must take it again to go on, and while the event loop holds it (parsing
+the next requests) each re-take waits for the interpreter's switch interval. Measured with a
+1,000-row batch and a second thread validating request bodies: 962 rows/s in the thread against
+58,102 alone, 60x slower; inline, the batch runs at full speed and the loop simply waits ~15 ms.
+Models without a fast path (pandas, the estimator's own ``predict``) run in a worker thread.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ class MicroBatcher:
 
     async def predict(self, model: LoadedModel, rows: Sequence[Row]) -> np.ndarray:
         """Prices for ``rows`` from ``model``, possibly computed together with other calls."""
-        if not model.fast or len(rows) >= self.max_rows:
+        if not model.fast:
             return await anyio.to_thread.run_sync(model.predict, rows)
+        if len(rows) >= self.max_rows:
+            return model.predict(rows)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         waiters = self._pending.get(model)

@@ -62,7 +62,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reload_interval=settings.reload_interval,
             pinned_max=settings.pinned_models_max,
             registry_timeout=settings.registry_timeout,
-            loader=functools.partial(load_version, threads=settings.model_threads),
+            loader=functools.partial(
+                load_version, threads=settings.model_threads, compiled=settings.compiled_predict
+            ),
         )
         cache = build_cache(settings)
         app.state.models = models

@@ -172,10 +172,14 @@ def smoke_test(model: LoadedModel) -> None:
         )
 
 
-def load_version(registry: Registry, info: VersionInfo, threads: int = 1) -> LoadedModel:
+def load_version(
+    registry: Registry, info: VersionInfo, threads: int = 1, compiled: bool = True
+) -> LoadedModel:
     """Download, load, check and smoke-test one version (blocking: call in a worker thread).
 
-    ``threads`` is the number of OpenMP threads each prediction may use.
+    ``threads`` is the number of OpenMP threads each prediction may use; ``compiled=False``
+    skips the fast path (:mod:`serving.fastpath`): every prediction uses the model's own
+    ``predict``.
 
     Raises:
         ModelUnservable: the version cannot be served (the message says why).
@@ -185,7 +189,7 @@ def load_version(registry: Registry, info: VersionInfo, threads: int = 1) -> Loa
     tmp = Path(tempfile.mkdtemp(prefix="carprice-model-"))
     try:
         path = registry.download(info.version, tmp)
-        model = _load_from(path, info, threads)
+        model = _load_from(path, info, threads, compiled)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     smoke_test(model)
@@ -198,7 +202,7 @@ def load_version(registry: Registry, info: VersionInfo, threads: int = 1) -> Loa
     return model
 
 
-def _load_from(path: Path, info: VersionInfo, threads: int) -> LoadedModel:
+def _load_from(path: Path, info: VersionInfo, threads: int, compiled: bool) -> LoadedModel:
     from mlflow.models import Model
 
     label = f"{info.name}/{info.version}"
@@ -240,7 +244,7 @@ def _load_from(path: Path, info: VersionInfo, threads: int) -> LoadedModel:
         contract=contract,
         loaded_at=time.time(),
         threads=threads,
-        compiled=_compile(estimator, rows, label),
+        compiled=_compile(estimator, rows, label) if compiled else None,
     )
 
 

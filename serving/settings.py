@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     shutdown_timeout: float = Field(30.0, gt=0)
     """Seconds a graceful shutdown waits for in-flight requests before closing them."""
 
+    compiled_predict: bool = True
+    """Predict with the compiled fast path (:mod:`serving.fastpath`: the fitted trees walked
+    directly, no DataFrame) when the model has a shape it knows and reproduces the model's own
+    ``predict`` exactly on the input example; false always uses the model's ``predict``."""
     microbatch_max_rows: int = Field(16, ge=1)
     """Concurrent single-car predictions coalesced into one model call (fast path only);
     batches this size or larger skip coalescing."""

@@ -113,3 +113,15 @@ def test_the_logged_example_is_what_the_smoke_test_predicts(reg: Registry, tmp_p
     example = Model.load(str(path / "MLmodel")).load_input_example(str(path))
     assert isinstance(example, pd.DataFrame)
     assert len(example) == 5
+
+
+def test_without_the_compiled_path_the_models_own_predict_answers_the_same(
+    reg: Registry, loaded: LoadedModel
+) -> None:
+    info = reg.get_version("1")
+    assert info is not None
+    plain = load_version(reg, info, compiled=False)
+    assert plain.compiled is None
+    assert loaded.compiled is not None
+    rows = [make_row(car) for car in cars(300, seed=21)]
+    np.testing.assert_array_equal(plain.predict(rows), loaded.predict(rows))
