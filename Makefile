@@ -67,7 +67,7 @@ bench: setup ## serving benchmark against the issue's targets (see benchmarks/se
 bench-ops: setup ## worker memory with the pinned LRU full, a hot swap under load (needs wrk)
 	python benchmarks/serving_ops.py
 
-bench-knobs: setup ## the serving loads with one setting changed at a time (~8 min; needs wrk)
+bench-knobs: setup ## the serving loads with one setting changed at a time (~12 min; needs wrk)
 	python benchmarks/serving_knobs.py
 
 clean:

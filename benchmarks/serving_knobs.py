@@ -1,11 +1,14 @@
 """What each serving knob is worth: the API's three loads with one setting changed at a time.
 
-Run ``python benchmarks/serving_knobs.py`` (``make bench-knobs``, ~8 minutes). For each
-configuration below the API is started afresh (2 uvicorn workers unless the configuration says
-otherwise, auth, cache and access log on) and measured as ``make bench`` measures it: ``wrk``
-with 32 connections on ``/v1/predict`` with distinct cars (uncached), with one car (cached),
-and on ``/v1/predict/batch`` with 1,000 distinct cars. The defaults run first and last: the
-difference between those two rows is the noise of the machine.
+Run ``python benchmarks/serving_knobs.py`` (``make bench-knobs``, ~12 minutes). A reference
+API with the defaults runs throughout; for each configuration below a second API is started
+with that one setting changed (2 uvicorn workers each unless the configuration says
+otherwise; auth, cache and access log on). The two are measured in alternation, in short
+slices (``wrk``, 32 connections): ``/v1/predict`` with distinct cars (uncached), with one car
+(cached), and ``/v1/predict/batch`` with 1,000 distinct cars. Each figure is reported as the
+variant's value and its ratio to the reference measured beside it (median over ``--rounds``);
+on a machine whose speed drifts by 2x within minutes (seen here), only the ratio means much.
+The first configuration changes nothing: its ratios show the noise.
 
 Prints a table and writes ``benchmarks/results/serving_knobs.json``. Needs ``wrk``; the Redis
 row needs Redis on 127.0.0.1:6379 (it uses DB 5 and empties it).
@@ -14,10 +17,12 @@ row needs Redis on 127.0.0.1:6379 (it uses DB 5 and empties it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -44,7 +49,7 @@ REDIS = "redis://127.0.0.1:6379/5"
 
 # (label, environment overrides, uvicorn workers)
 CONFIGS: list[tuple[str, dict[str, str], int]] = [
-    ("defaults", {}, 2),
+    ("defaults (A/A: the noise)", {}, 2),
     ("CARPRICE_FAST_LANE=false", {"CARPRICE_FAST_LANE": "false"}, 2),
     ("CARPRICE_COMPILED_PREDICT=false", {"CARPRICE_COMPILED_PREDICT": "false"}, 2),
     ("CARPRICE_MICROBATCH_MAX_ROWS=1", {"CARPRICE_MICROBATCH_MAX_ROWS": "1"}, 2),
@@ -54,9 +59,8 @@ CONFIGS: list[tuple[str, dict[str, str], int]] = [
     ("CARPRICE_LOG_LEVEL=WARNING (no access log)", {"CARPRICE_LOG_LEVEL": "WARNING"}, 2),
     ("CARPRICE_CACHE_URL=redis (cache + limits)", {"CARPRICE_CACHE_URL": REDIS}, 2),
     ("--workers 1", {}, 1),
-    ("--workers 4", {}, 4),
-    ("defaults (again)", {}, 2),
 ]
+LOADS = ("uncached", "cached", "batch")
 
 
 def flush_redis() -> None:
@@ -70,7 +74,8 @@ def flush_redis() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=8, help="seconds per load")
+    parser.add_argument("--duration", type=float, default=4, help="seconds per slice")
+    parser.add_argument("--rounds", type=int, default=2, help="slices per side and load")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--wrk-threads", type=int, default=2)
     parser.add_argument("--temp-model", action="store_true", help="train a model here")
@@ -107,48 +112,72 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     }
     env = {k: v for k, v in env.items() if k != "CARPRICE_CACHE_URL"}
     key = api_key(env, workdir, venv_bin)
-    rows: list[dict[str, Any]] = []
     offset = 0
-    for label, overrides, workers in CONFIGS:
-        print(f"{label} ...", flush=True)
-        if "CARPRICE_CACHE_URL" in overrides:
-            flush_redis()
+
+    def load(url: str, kind: str) -> dict[str, Any]:
+        """One slice of one load; returns wrk's figures with ``value`` (req/s or rows/s)."""
+        nonlocal offset
+        if kind == "cached":
+            wrk(url, single, "single", args, seconds=1, api_key=key)
+            result = wrk(url, single, "single", args, api_key=key)
+        elif kind == "uncached":
+            result = wrk(url, stream, "cycle", args, offset=offset, api_key=key)
+        else:
+            result = wrk(f"{url}/batch", batch, "perturb", args, offset=offset, api_key=key)
+        offset += result["requests"] + 1000
+        rows = 1000 if kind == "batch" else 1
+        return result | {"value": result["requests_per_s"] * rows}
+
+    def start(stack: contextlib.ExitStack, workers: int, overrides: dict[str, str]) -> str:
         port = free_port()
-        url = f"http://127.0.0.1:{port}/v1/predict"
         cmd = [str(venv_bin / "carprice"), "serve", "--port", str(port), "--workers", str(workers)]
-        log = workdir / "api.log"
-        with server(cmd, env | overrides, f"http://127.0.0.1:{port}/v2/health/ready", log):
-            wrk(url, stream, "cycle", args, offset=offset, seconds=3, api_key=key)
-            offset += 20_000
-            uncached = wrk(url, stream, "cycle", args, offset=offset, api_key=key)
-            offset += uncached["requests"] + 1000
-            wrk(url, single, "single", args, seconds=2, api_key=key)
-            cached = wrk(url, single, "single", args, api_key=key)
-            many = wrk(f"{url}/batch", batch, "perturb", args, offset=offset, api_key=key)
-            offset += many["requests"] + 1000
-        rows.append(
-            {
-                "config": label,
-                "uncached_rps": uncached["requests_per_s"],
-                "uncached_p99_ms": uncached["p99_ms"],
-                "cached_rps": cached["requests_per_s"],
-                "cached_p99_ms": cached["p99_ms"],
-                "batch_rows_per_s": many["requests_per_s"] * 1000,
-                "errors": uncached["errors"] + cached["errors"] + many["errors"],
-            }
-        )
-        print(f"  {json.dumps(rows[-1])}", flush=True)
+        ready = f"http://127.0.0.1:{port}/v2/health/ready"
+        stack.enter_context(server(cmd, env | overrides, ready, workdir / f"api-{port}.log"))
+        url = f"http://127.0.0.1:{port}/v1/predict"
+        wrk(url, stream, "cycle", args, offset=offset + 900_000, seconds=2, api_key=key)
+        return url
+
+    out: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as outer:
+        reference_url = start(outer, 2, {})
+        for label, overrides, workers in CONFIGS:
+            print(f"{label} ...", flush=True)
+            if "CARPRICE_CACHE_URL" in overrides:
+                flush_redis()
+            with contextlib.ExitStack() as inner:
+                variant_url = start(inner, workers, overrides)
+                row: dict[str, Any] = {"config": label, "errors": 0}
+                for kind in LOADS:
+                    ratios, values, p99s = [], [], []
+                    for r in range(args.rounds):
+                        sides = [(variant_url, True), (reference_url, False)]
+                        got = {}
+                        for url, is_variant in sides if r % 2 == 0 else reversed(sides):
+                            got[is_variant] = load(url, kind)
+                            row["errors"] += got[is_variant]["errors"]
+                        ratios.append(got[True]["value"] / got[False]["value"])
+                        values.append(got[True]["value"])
+                        p99s.append(got[True]["p99_ms"])
+                    row[kind] = statistics.median(values)
+                    row[f"{kind}_ratio"] = statistics.median(ratios)
+                    row[f"{kind}_p99_ms"] = statistics.median(p99s)
+            out.append(row)
+            print(f"  {json.dumps(row)}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"model": uri, "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"model": uri, "rounds": args.rounds, "rows": out}, indent=2))
     print()
-    print(f"{'configuration':<44}{'uncached':>10}{'p99 ms':>8}{'cached':>10}{'p99 ms':>8}"
-          f"{'batch rows/s':>14}{'errors':>8}")  # fmt: skip
-    for r in rows:
-        print(f"{r['config']:<44}{r['uncached_rps']:>10.0f}{r['uncached_p99_ms']:>8.1f}"
-              f"{r['cached_rps']:>10.0f}{r['cached_p99_ms']:>8.1f}"
-              f"{r['batch_rows_per_s']:>14.0f}{r['errors']:>8}")  # fmt: skip
+    print("value (ratio to the defaults measured beside it), p99 ms")
+    print(f"{'configuration':<44}{'uncached req/s':>24}{'cached req/s':>24}"
+          f"{'batch rows/s':>24}{'errors':>8}")  # fmt: skip
+    for r in out:
+        cells = "".join(f"{_cell(r, k):>24}" for k in LOADS)
+        print(f"{r['config']:<44}{cells}{r['errors']:>8}")
     print(f"\nwritten to {args.out}")
     return 0
+
+
+def _cell(row: dict[str, Any], load: str) -> str:
+    return f"{row[load]:.0f} ({row[load + '_ratio']:.2f}x) {row[load + '_p99_ms']:.0f}"
 
 
 if __name__ == "__main__":

@@ -68,7 +68,10 @@ def workers_of(port: int) -> list[int]:
     children = subprocess.run(
         ["pgrep", "-P", master[0]], capture_output=True, text=True
     ).stdout.split()
-    return sorted(int(p) for p in children)
+    # Not multiprocessing's resource tracker, also a child: the spawned workers only.
+    return sorted(
+        int(p) for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()
+    )
 
 
 def post(url: str, body: Any, key: str) -> tuple[int, dict[str, Any]]:
@@ -171,7 +174,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         swapper = threading.Thread(target=swap)
         swapper.start()
         load = wrk(
-            f"{base}/v1/predict", stream, "cycle", args, offset=5_000, seconds=args.duration,
+            f"{base}/v1/predict", stream, "cycle", args, offset=30_000, seconds=args.duration,
             api_key=key,
         )  # fmt: skip
         swapper.join()
