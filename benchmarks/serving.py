@@ -134,18 +134,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], in_a_row: int = 30) -> None:
+    """Wait until ``url`` answers 200 ``in_a_row`` times on new connections: with several
+    workers each connection lands on any of them, so one answer says little (a worker still
+    loading its model answers 503)."""
     deadline = time.monotonic() + timeout
+    good = 0
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
         try:
             with urllib.request.urlopen(url, timeout=2) as r:  # noqa: S310 - 127.0.0.1 only
-                if r.status == 200:
-                    return
+                good = good + 1 if r.status == 200 else 0
         except OSError:
-            pass
-        time.sleep(0.2)
+            good = 0
+        if good >= in_a_row:
+            return
+        time.sleep(0.05 if good else 0.2)
     raise RuntimeError(f"{url} not ready after {timeout} s")
 
 

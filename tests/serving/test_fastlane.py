@@ -225,6 +225,36 @@ def test_the_lane_answers_as_the_full_stack(twins: tuple[Twin, Twin], case: str)
     assert lane_count("served") - served == (2 if case in SERVED else 0)
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("X-API-Key", ""), ("X-API-Key", "{key}")],
+        [("X-API-Key", "nope"), ("X-API-Key", "{key}")],
+        [
+            ("X-API-Key", "{key}"),
+            ("Content-Type", "application/json"),
+            ("Content-Type", "text/plain"),
+        ],
+    ],
+)
+def test_repeated_headers_get_the_same_answer_from_both(
+    twins: tuple[Twin, Twin], headers: list[tuple[str, str]]
+) -> None:
+    body = _dump(unique_car())
+    answers = []
+    for twin in twins:
+        filled = [(k, v.format(key=twin.keys["predict"])) for k, v in headers]
+        request = twin.client.build_request("POST", "/v1/predict", content=body)
+        kept = [
+            (k, v)
+            for k, v in request.headers.multi_items()
+            if k.lower() not in ("x-api-key", "content-type")
+        ]
+        request.headers = httpx.Headers(kept + filled)
+        answers.append(twin.client.send(request))
+    assert _comparable(answers[0], False) == _comparable(answers[1], False)
+
+
 def test_a_rate_limited_caller_gets_the_same_429_from_both(registry: ServingRegistry) -> None:
     answers = []
     for fast_lane in (True, False):
