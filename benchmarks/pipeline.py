@@ -27,7 +27,9 @@ _MEASURE = (
 )
 
 
-def _copy_repo(dest: Path) -> None:
+def copy_project(dest: Path) -> None:
+    """Copy the project's tracked and untracked-but-not-ignored files, without tests and
+    benchmarks, into ``dest`` (also used by ``tests/pipelines/test_dvc_repro.py``)."""
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
         cwd=ROOT,
@@ -67,7 +69,7 @@ def main() -> None:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"
     try:
-        _copy_repo(work)
+        copy_project(work)
         (work / "mlruns").mkdir()
         (work / "dvc.lock").unlink(missing_ok=True)
         results: dict[str, dict[str, float]] = {}

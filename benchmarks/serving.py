@@ -375,13 +375,21 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    return run_in_workdir(args, "carprice-bench-", _run)
+
+
+def run_in_workdir(
+    args: argparse.Namespace, prefix: str, run: Callable[[argparse.Namespace, Path], int]
+) -> int:
+    """``run(args, workdir)`` in a new temporary folder (also ``args.workdir``), removed
+    afterwards; exit status 2 without running if ``wrk`` is not installed."""
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk (Debian/Ubuntu)", file=sys.stderr)
         return 2
-    workdir = Path(tempfile.mkdtemp(prefix="carprice-bench-"))
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
     args.workdir = str(workdir)
     try:
-        return _run(args, workdir)
+        return run(args, workdir)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -21,10 +21,8 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +36,7 @@ from benchmarks.serving import (  # noqa: E402 - after the sys.path fix above
     api_key,
     cars,
     free_port,
+    run_in_workdir,
     server,
     temp_model,
     write_lines,
@@ -81,15 +80,7 @@ def main() -> int:
     parser.add_argument("--temp-model", action="store_true", help="train a model here")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install -y wrk (Debian/Ubuntu)", file=sys.stderr)
-        return 2
-    workdir = Path(tempfile.mkdtemp(prefix="carprice-bench-knobs-"))
-    args.workdir = str(workdir)
-    try:
-        return _run(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_in_workdir(args, "carprice-bench-knobs-", _run)
 
 
 def _run(args: argparse.Namespace, workdir: Path) -> int:

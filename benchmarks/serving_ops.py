@@ -24,10 +24,8 @@ import argparse
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -43,6 +41,7 @@ from benchmarks.serving import (  # noqa: E402 - after the sys.path fix above
     api_key,
     cars,
     free_port,
+    run_in_workdir,
     server,
     temp_model,
     write_lines,
@@ -104,15 +103,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install -y wrk (Debian/Ubuntu)", file=sys.stderr)
-        return 2
-    workdir = Path(tempfile.mkdtemp(prefix="carprice-bench-ops-"))
-    args.workdir = str(workdir)
-    try:
-        return _run(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_in_workdir(args, "carprice-bench-ops-", _run)
 
 
 def _run(args: argparse.Namespace, workdir: Path) -> int:

@@ -156,7 +156,7 @@ class FastLane:
         *,
         fastapi_app: FastAPI,
         enabled: bool,
-        max_body: Callable[[], int],
+        max_body: int,
     ) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
@@ -185,7 +185,7 @@ class FastLane:
             not headers.takeable
             or headers.content_type not in _JSON
             or declared is None
-            or declared > self.max_body()
+            or declared > self.max_body
             or (headers.api_key is None and headers.authorization is None)
         ):
             await self.app(scope, receive, send)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from benchmarks.pipeline import copy_project
 from pipelines.synthetic import generate, write_csv
 
 pytestmark = pytest.mark.integration
@@ -66,27 +66,10 @@ class Repo:
         }
 
 
-def _copy_repo(dest: Path) -> None:
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in listed:
-        src = ROOT / rel
-        if not src.is_file() or rel.startswith(("tests/", "benchmarks/")):
-            continue
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src, target)
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
     path = tmp_path_factory.mktemp("repo")
-    _copy_repo(path)
+    copy_project(path)
     (path / "dvc.lock").unlink(missing_ok=True)
     params = yaml.safe_load((path / "params.yaml").read_text())
     params["validate"]["min_rows"] = 500

@@ -21,30 +21,14 @@ from pipelines.preprocess import clean
 from pipelines.synthetic import generate
 from pipelines.train import split_xy
 from serving.features import BY_NAME
+from serving.schemas.v1 import EXAMPLE_CAR
 from serving.settings import Settings
 
 MODEL = "car-price"
 REDIS_URL = "redis://127.0.0.1:6379/3"  # the serving tests' own DB number (auth tests use 2)
 TEST_SECRET = "serving-tests-secret-" + "x" * 32
 
-CAR: dict[str, Any] = {
-    "brand": "Toyota",
-    "model": "Corolla",
-    "fuel_type": "Petrol",
-    "transmission": "Manual",
-    "body_type": "Sedan",
-    "seller_type": "Dealer",
-    "owner_type": "First",
-    "color": "White",
-    "year": 2019,
-    "km_driven": 45000,
-    "engine_cc": 1598,
-    "max_power_bhp": 121.0,
-    "mileage_kmpl": 16.5,
-    "seats": 5,
-    "torque_nm": 154.0,
-    "doors": 4,
-}
+CAR: dict[str, Any] = dict(EXAMPLE_CAR)
 """A complete, valid car."""
 
 REQUIRED = (
