@@ -7,13 +7,22 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 ROWS ?= 20000
 SEED ?= 42
 
-.PHONY: setup data train run serve test lint format services bench bench-ops bench-knobs bench-quality bench-pipeline bench-pipeline-1m clean
+.PHONY: lock setup data train run serve test lint format services bench bench-ops bench-knobs bench-quality bench-pipeline bench-pipeline-1m clean
 
-$(BIN)/carprice: pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+# uv installs from uv.lock; a machine with only Python gets a private, pinned uv in .uv/ first.
+UV_VERSION := 0.13.9
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.uv/bin/uv)
+
+$(CURDIR)/.uv/bin/uv:
+	$(PYTHON) -m venv .uv
+	.uv/bin/python -m pip install -q uv==$(UV_VERSION)
+
+$(BIN)/carprice: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev
 	touch $(BIN)/carprice
+
+lock: | $(UV) ## re-resolve uv.lock after changing dependencies in pyproject.toml
+	$(UV) lock
 
 setup: $(BIN)/carprice ## create .venv and install the project with its dev tools
 

@@ -31,8 +31,8 @@ import httpx
 from fastapi import FastAPI
 from starlette.requests import Request
 
-from serving.principals import Role
-from serving.security import (
+from serving.access.principals import Role
+from serving.api.security import (
     PredictPrincipal,
     close_auth,
     install,

@@ -230,7 +230,7 @@ def cars(rows: int, seed: int) -> list[dict[str, Any]]:
     from pipelines.contract import FEATURES, build_contract
     from pipelines.preprocess import clean
     from pipelines.synthetic import generate
-    from serving.features import BY_NAME
+    from serving.inference.features import BY_NAME
 
     df, _ = clean(generate(rows, seed).listings, build_contract(min_rows=1))
     df = df.drop_duplicates(subset=list(FEATURES))
@@ -311,9 +311,9 @@ class InProcess:
     """The model's own predict and the API's serving path, timed in this process, one thread."""
 
     def __init__(self, uri: str, one: dict[str, Any], thousand: list[dict[str, Any]]) -> None:
-        from serving.features import make_row
-        from serving.model import load_version, to_frame
-        from serving.registry import Registry
+        from serving.inference.features import make_row
+        from serving.inference.model import load_version, to_frame
+        from serving.inference.registry import Registry
 
         registry = Registry(uri, MODEL, 30)
         info = registry.version_for_alias("production")
@@ -325,7 +325,7 @@ class InProcess:
         self.one_frame, self.many_frame = to_frame(self.one_rows), to_frame(self.many_rows)
 
     def _pipeline_predict(self, frame: Any) -> Callable[[], Any]:
-        from serving.model import _openmp
+        from serving.inference.model import _openmp
 
         def call() -> Any:
             with _openmp().limit(limits=1, user_api="openmp"):

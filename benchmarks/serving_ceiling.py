@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from serving.schemas.v1 import Car, PricePrediction
+from serving.api.schemas.v1 import Car, PricePrediction
 
 app = FastAPI(title="carprice ceiling")
 

@@ -18,19 +18,19 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp
 
-from serving import logs
-from serving.batching import MicroBatcher
-from serving.cache import build_cache
-from serving.errors import install_error_handlers
-from serving.fastlane import FastLane
-from serving.metrics import http_instrumentation
-from serving.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from serving.model import load_version
-from serving.model_store import ModelStore
-from serving.prediction import PredictionService
-from serving.registry import Registry
-from serving.routers import admin, auth, v1, v2
-from serving.security import close_auth, install, open_auth
+from serving.api.errors import install_error_handlers
+from serving.api.fastlane import FastLane
+from serving.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from serving.api.routers import admin, auth, v1, v2
+from serving.api.security import close_auth, install, open_auth
+from serving.inference.batching import MicroBatcher
+from serving.inference.cache import build_cache
+from serving.inference.model import load_version
+from serving.inference.model_store import ModelStore
+from serving.inference.prediction import PredictionService
+from serving.inference.registry import Registry
+from serving.monitoring import logs
+from serving.monitoring.metrics import http_instrumentation
 from serving.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 class CarpriceAPI(FastAPI):
-    """FastAPI with the fast lane (:mod:`serving.fastlane`) in front of its whole stack,
+    """FastAPI with the fast lane (:mod:`serving.api.fastlane`) in front of its whole stack,
     FastAPI's own outer middleware included: the common /v1 prediction skips all of it."""
 
     def build_middleware_stack(self) -> ASGIApp:

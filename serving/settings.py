@@ -49,9 +49,10 @@ class Settings(BaseSettings):
     """Seconds a graceful shutdown waits for in-flight requests before closing them."""
 
     compiled_predict: bool = True
-    """Predict with the compiled fast path (:mod:`serving.fastpath`: the fitted trees walked
-    directly, no DataFrame) when the model has a shape it knows and reproduces the model's own
-    ``predict`` exactly on the input example; false always uses the model's ``predict``."""
+    """Predict with the compiled fast path (:mod:`serving.inference.fastpath`: the fitted trees
+    walked directly, no DataFrame) when the model has a shape it knows and reproduces the
+    model's own ``predict`` exactly on the input example; false always uses the model's
+    ``predict``."""
     microbatch_max_rows: int = Field(16, ge=1)
     """Concurrent single-car predictions coalesced into one model call (fast path only);
     batches this size or larger skip coalescing."""
@@ -60,7 +61,7 @@ class Settings(BaseSettings):
     next turn, adding no latency)."""
     fast_lane: bool = True
     """Serve ``POST /v1/predict`` and ``/v1/predict/batch`` from the fast lane
-    (:mod:`serving.fastlane`): the same answers for a fraction of the CPU. Off sends every
+    (:mod:`serving.api.fastlane`): the same answers for a fraction of the CPU. Off sends every
     request through the full FastAPI stack."""
     gc_freeze: bool = True
     """Move the start-up heap (MLflow, scikit-learn, the model) out of the garbage collector's

@@ -23,10 +23,10 @@ import redis
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 
-from serving.principals import Role
-from serving.routers import admin as admin_router
-from serving.routers import auth as auth_router
-from serving.security import (
+from serving.access.principals import Role
+from serving.api.routers import admin as admin_router
+from serving.api.routers import auth as auth_router
+from serving.api.security import (
     PredictPrincipal,
     PrincipalDep,
     close_auth,
@@ -97,7 +97,7 @@ class _Loaded:
 
 
 class FakeModels:
-    """Stands in for ``serving.model_store.ModelStore`` (what ``/v1/admin/reload`` calls)."""
+    """Stands in for ``serving.inference.model_store.ModelStore`` (``/v1/admin/reload``)."""
 
     def __init__(self) -> None:
         self.refreshes = 0

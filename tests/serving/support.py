@@ -20,8 +20,8 @@ from pipelines.contract import build_contract
 from pipelines.preprocess import clean
 from pipelines.synthetic import generate
 from pipelines.train import split_xy
-from serving.features import BY_NAME
-from serving.schemas.v1 import EXAMPLE_CAR
+from serving.api.schemas.v1 import EXAMPLE_CAR
+from serving.inference.features import BY_NAME
 from serving.settings import Settings
 
 MODEL = "car-price"
@@ -116,7 +116,7 @@ _users = itertools.count()
 
 def grant_key(app: FastAPI, role: str = "predict") -> str:
     """Create a user with ``role`` in the running app's database and return a new API key."""
-    from serving.principals import Role
+    from serving.access.principals import Role
 
     accounts = app.state.access.accounts
     name = f"client{next(_users)}"

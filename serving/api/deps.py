@@ -1,0 +1,87 @@
+"""FastAPI dependencies, as ``Annotated`` aliases: the seam between routes and resources.
+
+Every resource a route uses is reached through one of these, so a test can override it with
+``app.dependency_overrides``. They are ``async def`` although they never wait: FastAPI runs a
+plain ``def`` dependency in a worker thread, a thread hop per dependency per request. The
+resources themselves are created in the app's lifespan and kept on ``app.state`` (see
+:mod:`serving.main`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+
+from serving.errors import ModelNotFound, UnsupportedMediaType
+from serving.inference.cache import PredictionCache
+from serving.inference.model_store import ModelStore
+from serving.inference.prediction import PredictionService
+from serving.monitoring import request_context
+from serving.monitoring.request_context import request_id_from
+from serving.settings import Settings
+
+
+async def get_app_settings(request: Request) -> Settings:
+    """The settings this app was built with (``create_app``), read once per process."""
+    return cast(Settings, request.app.state.settings)
+
+
+async def get_models(request: Request) -> ModelStore:
+    """The process's model store."""
+    return cast(ModelStore, request.app.state.models)
+
+
+async def get_cache(request: Request) -> PredictionCache:
+    """The prediction cache."""
+    return cast(PredictionCache, request.app.state.cache)
+
+
+async def get_prediction_service(request: Request) -> PredictionService:
+    """The one prediction service."""
+    return cast(PredictionService, request.app.state.predictions)
+
+
+async def get_request_id(request: Request) -> str:
+    """The id of this request (also in the ``X-Request-ID`` response header)."""
+    ctx = request_context.current()
+    return ctx.request_id if ctx else request_id_from(request.headers.get("x-request-id"))
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+ModelsDep = Annotated[ModelStore, Depends(get_models)]
+CacheDep = Annotated[PredictionCache, Depends(get_cache)]
+PredictionServiceDep = Annotated[PredictionService, Depends(get_prediction_service)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]
+
+
+async def served_model_name(model_name: str, settings: SettingsDep) -> str:
+    """The ``{model_name}`` path parameter, when it names the served model (else 404)."""
+    if model_name != settings.model_name:
+        raise ModelNotFound(
+            f"no model named {model_name[:64]!r}: this server serves {settings.model_name!r}"
+        )
+    return model_name
+
+
+ServedModelName = Annotated[str, Depends(served_model_name)]
+
+
+async def require_json(request: Request) -> None:
+    """Refuse a body declared as anything but JSON (415); no Content-Type is taken as JSON."""
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        return
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"the body is {media or 'untyped'}: send JSON with Content-Type: application/json"
+        )
+
+
+async def raw_body(request: Request) -> bytes:
+    """The request body as bytes, whatever its Content-Type (the size limit applies)."""
+    return await request.body()
+
+
+RawBody = Annotated[bytes, Depends(raw_body)]

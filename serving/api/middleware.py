@@ -1,0 +1,159 @@
+"""Pure ASGI middleware: request context + access log, and the request body size limit.
+
+* :class:`RequestContextMiddleware` gives every request an id (the client's ``X-Request-ID``
+  when it is a sane token, else a new one), returns it in ``X-Request-ID``, writes one JSON
+  access-log line per request (method, path, status, latency, model version), and turns an
+  unexpected exception into a logged 500 with the error body shape.
+* :class:`BodySizeLimitMiddleware` answers 413 to a body over the limit: at once when
+  ``Content-Length`` says so, else as soon as the bytes received pass it (chunked uploads, or
+  a client that sends no length), without reading the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving.api.errors import error_response
+from serving.monitoring import request_context
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("serving.access_log")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class RequestContextMiddleware:
+    """Request id in and out, JSON access log, last-resort 500 in the error shape."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = Headers(scope=scope)
+        ctx = request_context.RequestContext(
+            request_context.request_id_from(headers.get(REQUEST_ID_HEADER))
+        )
+        token = request_context.activate(ctx)
+        status = 0
+        sent_bytes = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status, sent_bytes
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = ctx.request_id
+            elif message["type"] == "http.response.body":
+                sent_bytes += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            if status == 0:
+                response = error_response(
+                    500,
+                    "internal_error",
+                    "internal server error",
+                    headers={REQUEST_ID_HEADER: ctx.request_id},
+                )
+                status = 500
+                await response(scope, receive, send)
+        finally:
+            log_access(scope, ctx, status, started, sent_bytes)
+            request_context.deactivate(token)
+
+
+def log_access(
+    scope: Scope, ctx: request_context.RequestContext, status: int, started: float, sent: int
+) -> None:
+    """Write the access-log line of one finished request (also used by the fast lane)."""
+    client = scope.get("client")
+    access_log.info(
+        "%s %s %s",
+        scope["method"],
+        scope["path"],
+        status,
+        extra={
+            "fields": {
+                "request_id": ctx.request_id,
+                "method": scope["method"],
+                "path": scope["path"],
+                "status": status,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                "model_version": ctx.model_version,
+                "bytes": sent,
+                "client": f"{client[0]}:{client[1]}" if client else None,
+            }
+        },
+    )
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from ``receive`` when the body passes the limit.
+
+    An ``HTTPException`` so that FastAPI's body parsing lets it through to the error handlers
+    (it turns other exceptions into a 400).
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the body is larger than the limit of {limit} bytes")
+
+
+class BodySizeLimitMiddleware:
+    """413 for request bodies over ``limit()`` bytes, with or without ``Content-Length``."""
+
+    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit()
+        declared = Headers(scope=scope).get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(limit)(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            # Read outside FastAPI's handlers (e.g. by another middleware): answer here.
+            if started:
+                raise
+            await _too_large(limit)(scope, receive, send)
+
+
+def _too_large(limit: int) -> ASGIApp:
+    return error_response(
+        413, "payload_too_large", f"the body is larger than the limit of {limit} bytes"
+    )

@@ -1,0 +1,59 @@
+"""``/v1/auth``: exchange a user name and password for a bearer token; say who is calling."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.security import OAuth2PasswordRequestForm
+from pydantic import BaseModel
+
+from serving.access.principals import Role
+from serving.api.security import AccessDep, PrincipalDep, limit_login
+
+router = APIRouter(prefix="/v1/auth", tags=["auth"])
+
+
+class TokenResponse(BaseModel):
+    """An OAuth2 access token (RFC 6749 section 5.1)."""
+
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - OAuth2 token type, not a secret
+    expires_in: int
+    """Seconds until the token expires."""
+
+
+class Me(BaseModel):
+    """The authenticated caller."""
+
+    username: str
+    role: Role
+    via: Literal["token", "api_key"]
+
+
+@router.post(
+    "/token",
+    response_model=TokenResponse,
+    dependencies=[Depends(limit_login)],
+    responses={
+        401: {"description": "Bad user name or password"},
+        429: {"description": "Too many attempts"},
+    },
+)
+async def issue_token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    access: AccessDep,
+    response: Response,
+) -> TokenResponse:
+    """Log in with a user name and password (OAuth2 password form) and get a bearer token."""
+    issued = await access.login(form.username, form.password)
+    # RFC 6749 5.1: responses carrying tokens must not be cached.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return TokenResponse(access_token=issued.access_token, expires_in=issued.expires_in)
+
+
+@router.get("/me", response_model=Me)
+async def who_am_i(principal: PrincipalDep) -> Me:
+    """The user behind the presented token or API key, and their role."""
+    return Me(username=principal.username, role=principal.role, via=principal.via)

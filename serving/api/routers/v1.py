@@ -1,0 +1,76 @@
+"""/v1: typed JSON. One car or a list of cars in, prices out; the registered model versions."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from serving.access.principals import Role
+from serving.api.deps import ModelsDep, PredictionServiceDep, RequestIdDep, require_json
+from serving.api.schemas.errors import ERROR_RESPONSES
+from serving.api.schemas.v1 import (
+    BatchPricePrediction,
+    Car,
+    ModelList,
+    ModelVersionInfo,
+    PricePrediction,
+)
+from serving.api.security import require_role
+
+# Every /v1 route here needs the predict role (admins have it too); login is in
+# serving.api.routers.auth.
+router = APIRouter(
+    prefix="/v1",
+    tags=["v1"],
+    strict_content_type=False,
+    dependencies=[Depends(require_role(Role.PREDICT))],
+)
+
+
+@router.post(
+    "/predict",
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_json)],
+)
+async def predict(
+    car: Car, service: PredictionServiceDep, request_id: RequestIdDep
+) -> PricePrediction:
+    """Predict the price of one car with the production model."""
+    result = await service.predict([car.to_row()])
+    return PricePrediction(
+        price=result.prices[0],
+        model_name=result.model_name,
+        model_version=result.model_version,
+        cached=result.cached[0],
+        request_id=request_id,
+    )
+
+
+@router.post(
+    "/predict/batch",
+    responses=ERROR_RESPONSES,
+    dependencies=[Depends(require_json)],
+)
+async def predict_batch(
+    cars: list[Car], service: PredictionServiceDep, request_id: RequestIdDep
+) -> BatchPricePrediction:
+    """Predict the prices of a list of cars (at most `CARPRICE_BATCH_MAX`) in one call."""
+    result = await service.predict([car.to_row() for car in cars])
+    return BatchPricePrediction(
+        prices=result.prices,
+        model_name=result.model_name,
+        model_version=result.model_version,
+        request_id=request_id,
+    )
+
+
+@router.get("/models", responses={503: ERROR_RESPONSES[503]})
+async def list_models(models: ModelsDep) -> ModelList:
+    """The registered versions of the model, with their aliases and training metrics."""
+    versions = await models.list_versions()
+    serving = models.production.version if models.production else None
+    return ModelList(
+        name=models.name,
+        alias=models.alias,
+        serving_version=serving,
+        versions=[ModelVersionInfo.of(v, serving) for v in versions],
+    )

@@ -1,0 +1,159 @@
+"""/v2: the Open Inference Protocol (KServe / Triton "V2" REST): health, metadata, infer.
+
+Bodies are read whatever their Content-Type (``tritonclient`` sends none) and validated by
+:mod:`serving.api.schemas.v2`. Readiness is 200 only while a production model is loaded and
+smoke-tested; it does not depend on the cache.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header
+
+from serving.access.principals import Role
+from serving.api.deps import (
+    ModelsDep,
+    PredictionServiceDep,
+    RawBody,
+    RequestIdDep,
+    ServedModelName,
+)
+from serving.api.schemas import v2
+from serving.api.schemas.errors import ERROR_RESPONSES
+from serving.api.security import require_role
+from serving.errors import ModelNotReady
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+# Server metadata and health stay open (probes); everything under /v2/models needs `predict`.
+_PREDICT = [Depends(require_role(Role.PREDICT))]
+
+SERVER_NAME = "carprice"
+BinaryHeader = Annotated[
+    str | None, Header(alias="Inference-Header-Content-Length", include_in_schema=False)
+]
+_INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": v2.InferenceRequest.model_json_schema()}},
+    }
+}
+
+
+def server_version() -> str:
+    """The installed carprice package version."""
+    try:
+        return version("carprice")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@router.get("")
+async def server_metadata() -> v2.ServerMetadata:
+    """Server name, version and protocol extensions (none)."""
+    return v2.ServerMetadata(name=SERVER_NAME, version=server_version(), extensions=[])
+
+
+@router.get("/health/live")
+async def live() -> v2.Liveness:
+    """200 whenever the process is up."""
+    return v2.Liveness(live=True)
+
+
+@router.get("/health/ready", responses={503: ERROR_RESPONSES[503]})
+async def ready(models: ModelsDep) -> v2.Readiness:
+    """200 while a production model is loaded and smoke-tested, else 503."""
+    models.require_production()
+    return v2.Readiness(ready=True)
+
+
+@router.get("/models/{model_name}", dependencies=_PREDICT, responses=ERROR_RESPONSES)
+async def model_metadata(name: ServedModelName, models: ModelsDep) -> v2.ModelMetadata:
+    """Inputs, output and registered versions of the model."""
+    versions = [v.version for v in await models.list_versions()]
+    return v2.model_metadata(name, versions)
+
+
+@router.get(
+    "/models/{model_name}/versions/{model_version}",
+    dependencies=_PREDICT,
+    responses=ERROR_RESPONSES,
+)
+async def version_metadata(
+    name: ServedModelName, model_version: str, models: ModelsDep
+) -> v2.ModelMetadata:
+    """Inputs and output of one registered version (404 if it is not registered)."""
+    info = await models.version_info(model_version)
+    return v2.model_metadata(name, [info.version])
+
+
+@router.get("/models/{model_name}/ready", dependencies=_PREDICT, responses=ERROR_RESPONSES)
+async def model_ready(name: ServedModelName, models: ModelsDep) -> v2.ModelReadiness:
+    """200 while the production model is loaded and smoke-tested, else 503."""
+    if not models.ready:
+        raise ModelNotReady(f"{name} is not ready: {models.status}")
+    return v2.ModelReadiness(name=name, ready=True)
+
+
+@router.get(
+    "/models/{model_name}/versions/{model_version}/ready",
+    dependencies=_PREDICT,
+    responses=ERROR_RESPONSES,
+)
+async def version_ready(
+    name: ServedModelName, model_version: str, models: ModelsDep
+) -> v2.ModelReadiness:
+    """200 once that version is loaded (it is loaded on demand), 404 if not registered."""
+    await models.get(model_version)
+    return v2.ModelReadiness(name=name, ready=True)
+
+
+@router.post(
+    "/models/{model_name}/infer",
+    dependencies=_PREDICT,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_INFER_BODY,
+)
+async def infer(
+    name: ServedModelName,
+    body: RawBody,
+    service: PredictionServiceDep,
+    request_id: RequestIdDep,
+    binary_header: BinaryHeader = None,
+) -> v2.InferenceResponse:
+    """Price the cars in the request with the production model."""
+    return await _infer(body, binary_header, service, request_id, None)
+
+
+@router.post(
+    "/models/{model_name}/versions/{model_version}/infer",
+    dependencies=_PREDICT,
+    responses=ERROR_RESPONSES,
+    openapi_extra=_INFER_BODY,
+)
+async def infer_version(
+    name: ServedModelName,
+    model_version: str,
+    body: RawBody,
+    service: PredictionServiceDep,
+    request_id: RequestIdDep,
+    binary_header: BinaryHeader = None,
+) -> v2.InferenceResponse:
+    """Price the cars in the request with that registered version (loaded on demand)."""
+    return await _infer(body, binary_header, service, request_id, model_version)
+
+
+async def _infer(
+    body: bytes,
+    binary_header: str | None,
+    service: PredictionServiceDep,
+    request_id: str,
+    model_version: str | None,
+) -> v2.InferenceResponse:
+    request = v2.parse_request(body, binary_header)
+    rows = v2.to_rows(request)
+    result = await service.predict(rows, model_version)
+    return v2.response(
+        result.prices, result.model_name, result.model_version, request.id or request_id
+    )

@@ -1,0 +1,184 @@
+"""/v1 schemas: a car as typed JSON, and the prediction and model-listing responses.
+
+Bounds and nullability come from :mod:`serving.inference.features` (the API's copy of the data
+contract).
+Numbers must be JSON numbers (not strings or booleans), finite, and in range; integer fields
+accept ``2019.0`` but not ``2019.5``. Columns that may be missing accept ``null`` or absence;
+unknown fields are refused. Categories are free text (an unseen brand is priced as "unknown"),
+1-64 characters after trimming.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, NotRequired, Required
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    with_config,
+)
+from typing_extensions import TypedDict
+
+from serving.inference.features import BY_NAME, MAX_CATEGORY_LENGTH, Row, make_row
+from serving.inference.registry import VersionInfo
+
+EXAMPLE_CAR: dict[str, Any] = {
+    "brand": "Toyota",
+    "model": "Corolla",
+    "fuel_type": "Petrol",
+    "transmission": "Manual",
+    "body_type": "Sedan",
+    "seller_type": "Dealer",
+    "owner_type": "First",
+    "color": "White",
+    "year": 2019,
+    "km_driven": 45000,
+    "engine_cc": 1598,
+    "max_power_bhp": 121.0,
+    "mileage_kmpl": 16.5,
+    "seats": 5,
+    "torque_nm": 154.0,
+    "doors": 4,
+}
+
+
+def _number(value: Any) -> Any:
+    # Pydantic's lax mode would turn "2019" and true into numbers: a client sending those has a
+    # bug worth hearing about.
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON number")
+    return value
+
+
+def _field(name: str) -> Any:
+    f = BY_NAME[name]
+    default = None if f.nullable else ...
+    if f.numeric:
+        return Field(default, ge=f.min, le=f.max, description=f.description)
+    return Field(default, min_length=1, max_length=MAX_CATEGORY_LENGTH, description=f.description)
+
+
+Number = BeforeValidator(_number)
+
+
+class Car(BaseModel):
+    """One car: the 16 features the model prices."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        allow_inf_nan=False,
+        str_strip_whitespace=True,
+        frozen=True,
+        json_schema_extra={"examples": [EXAMPLE_CAR]},
+    )
+
+    brand: str = _field("brand")
+    model: str = _field("model")
+    fuel_type: str = _field("fuel_type")
+    transmission: str = _field("transmission")
+    body_type: str | None = _field("body_type")
+    seller_type: str = _field("seller_type")
+    owner_type: str | None = _field("owner_type")
+    color: str | None = _field("color")
+    year: Annotated[int, Number] = _field("year")
+    km_driven: Annotated[int, Number] = _field("km_driven")
+    engine_cc: Annotated[int | None, Number] = _field("engine_cc")
+    max_power_bhp: Annotated[float | None, Number] = _field("max_power_bhp")
+    mileage_kmpl: Annotated[float | None, Number] = _field("mileage_kmpl")
+    seats: Annotated[int | None, Number] = _field("seats")
+    torque_nm: Annotated[float | None, Number] = _field("torque_nm")
+    doors: Annotated[int, Number] = _field("doors")
+
+    def to_row(self) -> Row:
+        """The canonical row the prediction service takes."""
+        return make_row(self.__dict__)
+
+
+def _strict_field(name: str) -> Any:
+    f = BY_NAME[name]
+    base: Any
+    if f.kind == "categorical":
+        base = Annotated[StrictStr, Field(min_length=1, max_length=MAX_CATEGORY_LENGTH)]
+    else:
+        kind = StrictInt if f.kind == "integer" else StrictFloat
+        base = Annotated[kind, Field(ge=f.min, le=f.max)]
+    return NotRequired[base | None] if f.nullable else Required[base]
+
+
+def _strict_car() -> Any:
+    fields = {name: _strict_field(name) for name in Car.model_fields}
+    strict_car = TypedDict("StrictCar", fields, total=False)  # type: ignore[misc]
+    config = ConfigDict(extra="forbid", str_strip_whitespace=True, allow_inf_nan=False)
+    return with_config(config)(strict_car)
+
+
+StrictCar: Any = _strict_car()
+"""A stricter, cheaper twin of :class:`Car` for the fast lane: integer fields take JSON
+integers only (``2019``, not ``2019.0``). What it accepts :class:`Car` accepts too, with the same
+row; what it refuses goes to :class:`Car` (validating a dict skips building a frozen model and
+the per-field Python checks: ~2x faster per car)."""
+
+
+class PricePrediction(BaseModel):
+    """The price of one car, and which model gave it."""
+
+    price: float = Field(description="Predicted selling price (EUR).")
+    model_name: str
+    model_version: str
+    cached: bool = Field(description="Whether the price came from the prediction cache.")
+    request_id: str = Field(description="Also in the `X-Request-ID` response header.")
+
+
+class BatchPricePrediction(BaseModel):
+    """Prices of a list of cars, in the order sent, and which model gave them."""
+
+    prices: list[float]
+    model_name: str
+    model_version: str
+    request_id: str
+
+
+class ModelVersionInfo(BaseModel):
+    """One registered version of the model."""
+
+    version: str
+    aliases: list[str]
+    status: str
+    run_id: str | None
+    created_at: datetime | None
+    metrics: dict[str, float] = Field(description="Metrics of the training run (CV, holdout).")
+    tags: dict[str, str]
+    serving: bool = Field(description="Whether this process serves it as production now.")
+
+    @classmethod
+    def of(cls, info: VersionInfo, serving_version: str | None) -> ModelVersionInfo:
+        created = (
+            datetime.fromtimestamp(info.created_at_ms / 1000, tz=UTC)
+            if info.created_at_ms
+            else None
+        )
+        return cls(
+            version=info.version,
+            aliases=list(info.aliases),
+            status=info.status,
+            run_id=info.run_id,
+            created_at=created,
+            metrics=info.metrics,
+            tags=info.tags,
+            serving=info.version == serving_version,
+        )
+
+
+class ModelList(BaseModel):
+    """The registered versions of the served model, newest first."""
+
+    name: str
+    alias: str = Field(description="The alias /v1 serves (`CARPRICE_MODEL_ALIAS`).")
+    serving_version: str | None = Field(description="Version this process serves now.")
+    versions: list[ModelVersionInfo]

@@ -1,0 +1,326 @@
+"""/v2 schemas: the Open Inference Protocol (KServe / Triton "V2" REST), JSON tensors only.
+
+A request carries one tensor per feature, named as the column, shape ``[N]`` (or ``[N, 1]``):
+``BYTES`` for categoricals, ``FP64``/``FP32``/``INT64``/``INT32`` for numbers. ``null`` marks a
+missing value of a column that may be missing, and such a column may also be left out (all
+missing). The answer is the tensor ``price`` (``FP64``, ``[N]``). Binary tensor data (the
+``binary_data`` extension) is not supported: send JSON data (``binary_data=False`` in
+``tritonclient``); a request asking for binary *outputs* gets JSON outputs, which clients read
+the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from serving.errors import (
+    InvalidFeatures,
+    UnsupportedRequest,
+    invalid_features_from,
+    validation_details,
+)
+from serving.inference.features import BY_NAME, FEATURES, MAX_CATEGORY_LENGTH, Feature, Row
+
+MAX_NAME = 64
+
+
+class _Tensor(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    name: str = Field(max_length=MAX_NAME)
+    shape: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=2)
+    parameters: dict[str, Any] | None = None
+
+
+class BytesTensor(_Tensor):
+    """A ``BYTES`` tensor: text values (``null`` = missing)."""
+
+    datatype: Literal["BYTES"]
+    data: list[StrictStr | None] | list[list[StrictStr | None]]
+
+
+class FloatTensor(_Tensor):
+    """An ``FP64``/``FP32`` tensor: finite numbers (``null`` = missing)."""
+
+    datatype: Literal["FP64", "FP32"]
+    data: list[StrictFloat | None] | list[list[StrictFloat | None]]
+
+
+class IntTensor(_Tensor):
+    """An ``INT64``/``INT32`` tensor: integers (``null`` = missing)."""
+
+    datatype: Literal["INT64", "INT32"]
+    data: list[StrictInt | None] | list[list[StrictInt | None]]
+
+
+InputTensor = Annotated[BytesTensor | FloatTensor | IntTensor, Field(discriminator="datatype")]
+
+
+class RequestedOutput(BaseModel):
+    """An output the client asks for (only ``price`` exists)."""
+
+    name: str = Field(max_length=MAX_NAME)
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(BaseModel):
+    """``POST /v2/models/{name}[/versions/{v}]/infer`` body."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "42",
+                    "inputs": [
+                        {"name": "brand", "shape": [1], "datatype": "BYTES", "data": ["Toyota"]},
+                        {"name": "model", "shape": [1], "datatype": "BYTES", "data": ["Corolla"]},
+                        {
+                            "name": "fuel_type",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": ["Petrol"],
+                        },
+                        {
+                            "name": "transmission",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": ["Manual"],
+                        },
+                        {
+                            "name": "seller_type",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": ["Dealer"],
+                        },
+                        {"name": "year", "shape": [1], "datatype": "INT64", "data": [2019]},
+                        {"name": "km_driven", "shape": [1], "datatype": "FP64", "data": [45000]},
+                        {"name": "doors", "shape": [1], "datatype": "INT64", "data": [4]},
+                    ],
+                }
+            ]
+        },
+    )
+
+    id: str | None = Field(None, max_length=256)
+    parameters: dict[str, Any] | None = None
+    inputs: list[InputTensor] = Field(min_length=1, max_length=64)
+    outputs: list[RequestedOutput] | None = Field(None, max_length=8)
+
+
+class MetadataTensor(BaseModel):
+    """Name, datatype and shape of a model input or output (``-1`` = any length)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    """``GET /v2/models/{name}[/versions/{v}]``."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[MetadataTensor]
+    outputs: list[MetadataTensor]
+
+
+class ServerMetadata(BaseModel):
+    """``GET /v2``."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Liveness(BaseModel):
+    live: bool
+
+
+class Readiness(BaseModel):
+    ready: bool
+
+
+class ModelReadiness(BaseModel):
+    name: str
+    ready: bool
+
+
+class OutputTensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[float]
+
+
+class InferenceResponse(BaseModel):
+    """``POST .../infer`` answer: the ``price`` tensor and the model that computed it."""
+
+    model_name: str
+    model_version: str
+    id: str
+    parameters: dict[str, Any] | None = None
+    outputs: list[OutputTensor]
+
+
+PLATFORM = "mlflow_sklearn"
+OUTPUT = MetadataTensor(name="price", datatype="FP64", shape=[-1])
+_INPUT_TYPES = {"categorical": "BYTES", "integer": "FP64", "float": "FP64"}
+INPUTS = [MetadataTensor(name=f.name, datatype=_INPUT_TYPES[f.kind], shape=[-1]) for f in FEATURES]
+
+
+def model_metadata(name: str, versions: list[str]) -> ModelMetadata:
+    """Metadata of the served model: one input per feature, the ``price`` output."""
+    return ModelMetadata(
+        name=name, versions=versions, platform=PLATFORM, inputs=INPUTS, outputs=[OUTPUT]
+    )
+
+
+_BINARY = (
+    "binary tensor data is not supported: send the tensors as JSON "
+    "(tritonclient: set_data_from_numpy(..., binary_data=False))"
+)
+
+
+def parse_request(body: bytes, binary_header: str | None = None) -> InferenceRequest:
+    """Validate a raw body (whatever its Content-Type: ``tritonclient`` sends none).
+
+    Args:
+        body: the request body.
+        binary_header: the ``Inference-Header-Content-Length`` header (binary extension).
+    """
+    if binary_header is not None:
+        raise UnsupportedRequest(_BINARY)
+    if not body:
+        raise InvalidFeatures("the body is empty: send an inference request as JSON")
+    try:
+        return InferenceRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False)
+        if any(e.get("type") == "json_invalid" for e in errors):
+            raise InvalidFeatures("the body is not valid JSON") from None
+        raise invalid_features_from(errors, ("body",)) from None
+
+
+def to_rows(request: InferenceRequest) -> list[Row]:
+    """The cars in ``request`` as rows, after checking names, types, shapes, ranges."""
+    if any(t.parameters and "binary_data_size" in t.parameters for t in request.inputs):
+        raise UnsupportedRequest(_BINARY)
+    for output in request.outputs or ():
+        if output.name != OUTPUT.name:
+            raise InvalidFeatures(f"unknown output {output.name!r}: the model has only 'price'")
+    problems: list[dict[str, Any]] = []
+    columns: dict[str, list[Any]] = {}
+    length: int | None = None
+    for t in request.inputs:
+        where = f"inputs.{t.name}"
+        feature = BY_NAME.get(t.name)
+        if feature is None:
+            problems.append(_problem(where, "not an input of this model", "unknown_input"))
+            continue
+        if t.name in columns:
+            problems.append(_problem(where, "sent twice", "duplicate_input"))
+            continue
+        values, error = _column(t, feature)
+        if error:
+            problems.append(_problem(where, error, "invalid_tensor"))
+            continue
+        if length is not None and len(values) != length:
+            problems.append(
+                _problem(where, f"has {len(values)} rows, other inputs {length}", "shape_mismatch")
+            )
+            continue
+        length = len(values)
+        columns[t.name] = values
+    for f in FEATURES:
+        if not f.nullable and f.name not in columns and not _reported(problems, f.name):
+            problems.append(_problem(f"inputs.{f.name}", "missing required input", "missing"))
+    if problems:
+        raise InvalidFeatures(_summary(problems), validation_details(problems))
+    n = length or 0
+    if n == 0:
+        raise InvalidFeatures("the tensors hold no rows")
+    for f in FEATURES:
+        columns.setdefault(f.name, [None] * n)
+    return [{f.name: columns[f.name][i] for f in FEATURES} for i in range(n)]
+
+
+def _problem(loc: str, msg: str, kind: str) -> dict[str, Any]:
+    return {"loc": tuple(loc.split(".", 1)), "msg": msg, "type": kind}
+
+
+def _reported(problems: list[dict[str, Any]], name: str) -> bool:
+    return any(p["loc"][-1] == name for p in problems)
+
+
+def _summary(problems: list[dict[str, Any]]) -> str:
+    first = problems[0]
+    more = len(problems) - 1
+    text = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _column(t: BytesTensor | FloatTensor | IntTensor, f: Feature) -> tuple[list[Any], str | None]:
+    """The tensor's values as row values (``str``/``float``/``None``), or an error."""
+    if f.numeric and t.datatype == "BYTES":
+        return [], f"is numeric: send FP64 or INT64, not {t.datatype}"
+    if not f.numeric and t.datatype != "BYTES":
+        return [], f"is categorical: send BYTES, not {t.datatype}"
+    shape = t.shape
+    if len(shape) == 2 and shape[1] != 1:
+        return [], f"shape {shape}: send [N] or [N, 1]"
+    flat: list[Any] = []
+    for item in t.data:
+        if isinstance(item, list):
+            if len(item) != 1:
+                return [], "nested data must hold one value per row"
+            flat.append(item[0])
+        else:
+            flat.append(item)
+    if len(flat) != shape[0]:
+        return [], f"shape {shape} but {len(flat)} values"
+    out: list[Any] = []
+    for i, v in enumerate(flat):
+        if v is None:
+            if not f.nullable:
+                return [], f"row {i}: null, but the input is required"
+            out.append(None)
+        elif f.numeric:
+            x = float(v)
+            if not math.isfinite(x):
+                return [], f"row {i}: not a finite number"
+            if f.kind == "integer" and not x.is_integer():
+                return [], f"row {i}: must be a whole number"
+            if (f.min is not None and x < f.min) or (f.max is not None and x > f.max):
+                return [], f"row {i}: out of range [{f.min}, {f.max}]"
+            out.append(x)
+        else:
+            s = str(v).strip()
+            if not 1 <= len(s) <= MAX_CATEGORY_LENGTH:
+                return [], f"row {i}: must be 1-{MAX_CATEGORY_LENGTH} characters"
+            out.append(s)
+    return out, None
+
+
+def response(
+    prices: list[float], model_name: str, model_version: str, request_id: str
+) -> InferenceResponse:
+    """The inference answer: the ``price`` tensor."""
+    return InferenceResponse(
+        model_name=model_name,
+        model_version=model_version,
+        id=request_id,
+        outputs=[OutputTensor(name=OUTPUT.name, datatype="FP64", shape=[len(prices)], data=prices)],
+    )

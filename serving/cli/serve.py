@@ -1,0 +1,43 @@
+"""``carprice serve``: run the API under uvicorn, with JSON logs and a graceful shutdown."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+
+from serving.monitoring import logs
+from serving.settings import get_settings
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Worker processes (each loads its own model).")
+    ] = 1,
+) -> None:
+    """Serve the registry's production model over HTTP (/v1, /v2, /docs, /metrics).
+
+    Settings come from ``CARPRICE_*`` variables and ``MLFLOW_TRACKING_URI`` (see
+    serving/README.md). SIGTERM or Ctrl-C stops accepting connections and lets in-flight
+    requests finish (up to ``CARPRICE_SHUTDOWN_TIMEOUT`` seconds).
+    """
+    import uvicorn
+
+    try:
+        settings = get_settings()  # fail here, once, not in every worker
+    except ValidationError as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(
+        "serving.main:app",
+        host=host,
+        port=port,
+        workers=workers,
+        access_log=False,  # the app writes its own, with request id and model version
+        log_config=logs.uvicorn_log_config(settings.log_level),
+        timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        server_header=False,
+    )

@@ -1,0 +1,139 @@
+"""``carprice users|keys|db``: the operator's commands, run through the real top-level CLI."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from carprice.cli import app
+from serving.settings import get_settings
+from serving.store.database import current_revision, head_revision
+
+PASSWORD = "a fine password"
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path}/cli.db"
+    monkeypatch.setenv("CARPRICE_ENV", "development")
+    monkeypatch.setenv("CARPRICE_DATABASE_URL", url)
+    monkeypatch.setenv("CARPRICE_BCRYPT_ROUNDS", "4")
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()
+
+
+def run(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args), input=stdin)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_create_users_with_the_password_on_stdin(database_url: str) -> None:
+    code, out, _ = run("users", "create", "ann", "--role", "predict", stdin=PASSWORD + "\n")
+    assert code == 0, out
+    assert "created user 'ann'" in out
+    code, out, _ = run(
+        "users", "create", "root", "--role", "admin", "--password-stdin", stdin=PASSWORD + "\n"
+    )
+    assert code == 0
+    code, out, _ = run("users", "list")
+    assert code == 0
+    assert re.search(r"ann\s+predict", out)
+    assert re.search(r"root\s+admin", out)
+    assert PASSWORD not in out
+
+
+def test_a_password_is_never_an_argument(database_url: str) -> None:
+    code, _, err = run("users", "create", "ann", "--role", "admin", "--password", PASSWORD)
+    assert code != 0
+    assert "No such option" in err
+
+
+def test_refusals(database_url: str) -> None:
+    assert run("users", "create", "ann", "--role", "admin", stdin=PASSWORD)[0] == 0
+    code, _, err = run("users", "create", "ann", "--role", "admin", stdin=PASSWORD)
+    assert (code, "already exists" in err) == (1, True)
+    code, _, err = run("users", "create", "bob", "--role", "admin", stdin="short\n")
+    assert (code, "at least 8" in err) == (1, True)
+    code, _, err = run("users", "create", "bob", "--role", "root", stdin=PASSWORD)
+    assert code == 2
+    code, _, err = run("users", "create", "bob", "--role", "admin", stdin="")
+    assert (code, "no password" in err) == (1, True)
+    assert run("keys", "create", "--user", "nobody")[0] == 1
+    assert run("keys", "revoke", "4242")[0] == 1
+    assert run("users", "delete", "nobody", "--yes")[0] == 1
+
+
+def test_keys_are_printed_once_listed_by_prefix_and_revocable(database_url: str) -> None:
+    run("users", "create", "ann", "--role", "predict", stdin=PASSWORD)
+    code, out, err = run("keys", "create", "--user", "ann", "--name", "laptop")
+    assert code == 0
+    key = out.strip()
+    assert re.fullmatch(r"cpk_[0-9a-f]{10}_[A-Za-z0-9_-]{43}", key)  # alone on stdout
+    assert "shown once" in err
+    prefix = key.split("_")[1]
+    code, out, _ = run("keys", "list")
+    assert code == 0
+    assert f"cpk_{prefix}_…" in out
+    assert key not in out
+    assert "active" in out
+    assert "laptop" in out
+    key_id = out.split()[0]
+    code, out, _ = run("keys", "revoke", key_id)
+    assert code == 0
+    assert "revoked" in out
+    assert "revoked" in run("keys", "list", "--user", "ann")[1]
+
+
+def test_set_password_role_and_delete(database_url: str) -> None:
+    run("users", "create", "ann", "--role", "predict", stdin=PASSWORD)
+    run("keys", "create", "--user", "ann")
+    assert run("users", "set-password", "ann", stdin="another fine password\n")[0] == 0
+    code, out, _ = run("users", "set-role", "ann", "--role", "admin")
+    assert (code, "now admin" in out) == (0, True)
+    code, out, _ = run("users", "delete", "ann", stdin="n\n")
+    assert code == 1  # not confirmed
+    assert "ann" in run("users", "list")[1]
+    assert run("users", "delete", "ann", "--yes")[0] == 0
+    assert run("users", "list")[1].strip() == ""
+    assert run("keys", "list")[1].strip() == ""  # the keys went with the user
+
+
+def test_bootstrap_creates_an_admin_and_a_key_and_says_how_to_use_them(
+    database_url: str,
+) -> None:
+    code, out, _ = run("users", "bootstrap", "--url", "http://localhost:9000")
+    assert code == 0, out
+    assert "admin user 'admin' created, password: " in out
+    assert re.search(r'curl -H "X-API-Key: cpk_[0-9a-f]{10}_\S+" http://localhost:9000/v1/', out)
+    assert "/v1/auth/token" in out
+    code, out, _ = run("users", "bootstrap")
+    assert code == 0
+    assert "already exists" in out
+    assert "password:" not in out
+    assert len(run("keys", "list", "--user", "admin")[1].strip().splitlines()) == 2
+
+
+def test_db_upgrade_and_current(database_url: str) -> None:
+    assert current_revision(database_url) is None
+    code, out, _ = run("db", "current")
+    assert (code, "database: empty") == (0, out.split(",")[0])
+    code, out, _ = run("db", "upgrade")
+    assert code == 0
+    assert current_revision(database_url) == head_revision()
+    assert f"newest: {head_revision()}" in run("db", "current")[1]
+
+
+def test_a_bad_configuration_is_reported_not_raised(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CARPRICE_ENV", "production")  # with the default secret
+    monkeypatch.delenv("CARPRICE_JWT_SECRET", raising=False)
+    get_settings.cache_clear()
+    code, _, err = run("users", "list")
+    assert code == 2
+    assert "CARPRICE_JWT_SECRET" in err

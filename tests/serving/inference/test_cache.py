@@ -1,0 +1,232 @@
+"""The prediction cache: in-process LRU+TTL, the circuit breaker, and Redis (real, stopped,
+black-holed)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from serving.inference.cache import (
+    KEY_PREFIX,
+    CircuitBreaker,
+    MemoryCache,
+    RedisCache,
+    build_cache,
+    cache_key,
+)
+from serving.inference.features import make_row
+from serving.monitoring.metrics import CACHE_EVENTS
+from tests.serving.live import BlackHole, closed_port
+from tests.serving.support import CAR, REDIS_URL, make_settings
+
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def counted(event: str) -> float:
+    return float(CACHE_EVENTS.labels(event)._value.get())
+
+
+def test_key_names_model_version_and_the_cars_digest() -> None:
+    row = make_row(CAR)
+    key = cache_key("car-price", "3", row)
+    assert key.startswith(f"{KEY_PREFIX}:car-price:3:")
+    assert key != cache_key("car-price", "4", row)
+    assert key != cache_key("other", "3", row)
+
+
+# --- in-process ---
+
+
+def test_memory_cache_returns_what_was_set_until_the_ttl_passes() -> None:
+    clock = Clock()
+    cache = MemoryCache(ttl=10, max_entries=100, clock=clock)
+    run(cache.set_many({"a": 1.5, "b": 2.5}))
+    assert run(cache.get_many(["a", "x", "b"])) == [1.5, None, 2.5]
+    clock.now += 9.9
+    assert run(cache.get_many(["a"])) == [1.5]
+    clock.now += 0.2
+    assert run(cache.get_many(["a", "b"])) == [None, None]
+    assert len(cache) == 0
+
+
+def test_memory_cache_evicts_the_least_recently_used() -> None:
+    cache = MemoryCache(ttl=100, max_entries=3, clock=Clock())
+    run(cache.set_many({"a": 1.0, "b": 2.0, "c": 3.0}))
+    run(cache.get_many(["a"]))  # a is now the most recent
+    run(cache.set_many({"d": 4.0}))
+    assert run(cache.get_many(["a", "b", "c", "d"])) == [1.0, None, 3.0, 4.0]
+
+
+def test_without_a_url_the_cache_is_in_process() -> None:
+    assert isinstance(build_cache(make_settings(None)), MemoryCache)
+    cache = build_cache(make_settings(None, cache_url=REDIS_URL))
+    assert isinstance(cache, RedisCache)
+    run(cache.aclose())
+
+
+# --- circuit breaker ---
+
+
+def test_breaker_opens_after_consecutive_failures_and_tries_again_after_the_reset() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=3, reset_after=5, clock=clock)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.failure()
+    breaker.success()  # a success in between resets the count
+    for _ in range(3):
+        assert breaker.allow()
+        breaker.failure()
+    assert breaker.state == "open"
+    assert not breaker.allow()
+    clock.now += 5
+    assert breaker.allow()  # the one trial call
+    assert str(breaker.state) == "half_open"
+    assert not breaker.allow()  # only one at a time
+    breaker.failure()
+    assert breaker.state == "open"
+    assert not breaker.allow()
+    clock.now += 5
+    assert breaker.allow()
+    breaker.success()
+    assert str(breaker.state) == "closed"
+    assert breaker.allow()
+    assert breaker.allow()
+
+
+def test_an_abandoned_trial_lets_the_next_call_try() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(failures=1, reset_after=1, clock=clock)
+    breaker.failure()
+    clock.now += 1
+    assert breaker.allow()
+    breaker.abandon()
+    assert breaker.allow()
+
+
+# --- Redis ---
+
+
+def _redis_cache(
+    url: str, timeout: float = 0.1, failures: int = 3, reset: float = 30
+) -> RedisCache:
+    return RedisCache(url, ttl=60, timeout=timeout, breaker=CircuitBreaker(failures, reset))
+
+
+class Spy:
+    """Counts the calls made on the Redis client it wraps."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def test_redis_stores_prices_with_the_ttl_and_batches_in_one_round_trip(
+    redis_db: redis.Redis[bytes],
+) -> None:
+    async def scenario() -> None:
+        cache = _redis_cache(REDIS_URL)
+        spy = Spy(cache._redis)
+        cache._redis = spy
+        keys = [f"{KEY_PREFIX}:test:{i}" for i in range(500)]
+        await cache.set_many({k: i + 0.25 for i, k in enumerate(keys)})
+        got = await cache.get_many([*keys, "missing"])
+        assert got == [i + 0.25 for i in range(500)] + [None]
+        assert spy.calls == ["pipeline", "mget"]  # one pipeline (one round trip), one MGET
+        await cache.aclose()
+
+    run(scenario())
+    ttl = redis_db.ttl(f"{KEY_PREFIX}:test:0")
+    assert 55 <= ttl <= 60
+
+
+def test_a_garbled_value_in_redis_is_a_miss(redis_db: redis.Redis[bytes]) -> None:
+    redis_db.set(f"{KEY_PREFIX}:test:bad", b"not a float")
+
+    async def scenario() -> list[float | None]:
+        cache = _redis_cache(REDIS_URL)
+        try:
+            return await cache.get_many([f"{KEY_PREFIX}:test:bad"])
+        finally:
+            await cache.aclose()
+
+    assert run(scenario()) == [None]
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
+    hole = BlackHole()
+    yield hole
+    hole.close()
+
+
+@pytest.mark.parametrize("outage", ["stopped", "black-holed"])
+def test_redis_down_means_misses_within_the_timeout_then_the_breaker_skips_it(
+    outage: str, black_hole: BlackHole
+) -> None:
+    port = closed_port() if outage == "stopped" else black_hole.port
+    errors_before = counted("error")
+    skipped_before = counted("skipped")
+
+    async def scenario() -> list[float]:
+        cache = _redis_cache(f"redis://127.0.0.1:{port}/0", timeout=0.1, failures=3)
+        durations = []
+        for _ in range(10):
+            started = time.perf_counter()
+            assert await cache.get_many(["a", "b"]) == [None, None]
+            await cache.set_many({"a": 1.0})
+            durations.append(time.perf_counter() - started)
+        await cache.aclose()
+        return durations
+
+    durations = run(scenario())
+    # Each call is bounded by the timeout; after 3 failures the breaker skips Redis entirely.
+    assert max(durations) < 0.5, durations
+    assert sum(durations[2:]) < 0.05, durations
+    assert counted("error") - errors_before == 3
+    assert counted("skipped") - skipped_before == 17
+    if outage == "black-holed":
+        assert black_hole.connections >= 1
+
+
+def test_redis_is_used_again_once_it_answers(redis_db: redis.Redis[bytes]) -> None:
+    async def scenario() -> None:
+        cache = _redis_cache(REDIS_URL, failures=1, reset=0.05)
+        cache.breaker.failure()  # as if Redis had just failed
+        assert cache.breaker.state == "open"
+        assert await cache.get_many(["k"]) == [None]  # skipped, open
+        await asyncio.sleep(0.06)
+        await cache.set_many({"k": 2.0})  # the trial call succeeds
+        assert str(cache.breaker.state) == "closed"
+        assert await cache.get_many(["k"]) == [2.0]
+        await cache.aclose()
+
+    run(scenario())

@@ -1,0 +1,208 @@
+"""The model store: alias polling and atomic swaps, rejection of bad versions, pinned LRU."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving.errors import ModelNotFound, ModelNotReady, ModelUnservable, RegistryUnavailable
+from serving.inference.model import LoadedModel, load_version
+from serving.inference.model_store import ModelStore
+from serving.inference.registry import Registry, VersionInfo
+from serving.monitoring.metrics import MODEL_LOADS
+from tests.serving.support import MODEL, ServingRegistry
+
+pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
+
+
+class CountingLoader:
+    """The real loader, counting calls; ``fake`` versions load as stand-ins instantly."""
+
+    def __init__(self, fake: tuple[str, ...] = ()) -> None:
+        self.calls: list[str] = []
+        self.fake = fake
+
+    def __call__(self, registry: Registry, info: VersionInfo) -> LoadedModel:
+        self.calls.append(info.version)
+        if info.version in self.fake:
+            return LoadedModel(MODEL, info.version, None, None, (), None, time.time())
+        return load_version(registry, info)
+
+
+def store_for(
+    registry: ServingRegistry,
+    loader: Callable[[Registry, VersionInfo], LoadedModel] | None = None,
+    alias: str = "production",
+    pinned_max: int = 4,
+    timeout: float = 10,
+) -> ModelStore:
+    return ModelStore(
+        Registry(registry.uri, MODEL, timeout),
+        alias=alias,
+        reload_interval=0.05,
+        pinned_max=pinned_max,
+        registry_timeout=timeout,
+        loader=loader or CountingLoader(),
+    )
+
+
+def failed_loads() -> float:
+    return float(MODEL_LOADS.labels("failed")._value.get())
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_no_model_until_the_first_refresh_then_the_alias_version(registry: ServingRegistry) -> None:
+    async def scenario() -> None:
+        store = store_for(registry)
+        assert not store.ready
+        with pytest.raises(ModelNotReady, match="starting"):
+            store.require_production()
+        assert await store.refresh() is True
+        assert store.ready
+        assert store.require_production().version == "1"
+        assert await store.refresh() is False  # same version: nothing to do
+
+    run(scenario())
+
+
+def test_a_new_alias_version_is_swapped_in_and_the_old_one_kept_for_pinning(
+    registry: ServingRegistry,
+) -> None:
+    async def scenario() -> None:
+        loader = CountingLoader()
+        store = store_for(registry, loader)
+        await store.refresh()
+        held = store.require_production()  # a request in flight holds this one
+        registry.set_alias("2")
+        assert await store.refresh() is True
+        assert store.require_production().version == "2"
+        assert held.version == "1"
+        assert held.predict(held.example).shape == (5,)
+        assert (await store.get("1")) is held  # the previous production, no reload
+        registry.set_alias("1")
+        assert await store.refresh() is True  # rollback: taken from the LRU
+        assert loader.calls == ["1", "2"]
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("broken", ["3", "4", "5"])
+def test_a_broken_new_version_is_rejected_and_the_previous_keeps_serving(
+    registry: ServingRegistry, broken: str
+) -> None:
+    async def scenario() -> None:
+        loader = CountingLoader()
+        store = store_for(registry, loader)
+        await store.refresh()
+        before = failed_loads()
+        registry.set_alias(broken)
+        assert await store.refresh() is False
+        assert store.require_production().version == "1"
+        assert failed_loads() - before == 1
+        assert f"car-price/{broken} was rejected" in store.status
+        assert "still serving car-price/1" in store.status
+        assert await store.refresh() is False  # within the backoff: not loaded again
+        assert loader.calls == ["1", broken]
+        with pytest.raises(ModelUnservable):
+            await store.get(broken)
+        assert loader.calls == ["1", broken]
+
+    run(scenario())
+
+
+def test_a_broken_version_is_retried_after_a_backoff(registry: ServingRegistry) -> None:
+    async def scenario() -> None:
+        loader = CountingLoader()
+        store = store_for(registry, loader)
+        registry.set_alias("4")
+        assert await store.refresh() is False
+        assert not store.ready
+        await asyncio.sleep(0.06)  # backoff: reload_interval * 1
+        await store.refresh()
+        await store.refresh()  # second failure: backoff doubled, not retried at once
+        assert loader.calls == ["4", "4"]
+
+    run(scenario())
+
+
+def test_a_deleted_alias_keeps_the_current_model(registry: ServingRegistry) -> None:
+    async def scenario() -> None:
+        registry.set_alias("2", "staging")
+        store = store_for(registry, alias="staging")
+        await store.refresh()
+        registry.client().delete_registered_model_alias(MODEL, "staging")
+        assert await store.refresh() is False
+        assert store.require_production().version == "2"
+        assert "gone" in store.status
+
+    run(scenario())
+
+
+def test_pinned_versions_are_loaded_once_and_kept_in_a_bounded_lru(
+    registry: ServingRegistry,
+) -> None:
+    async def scenario() -> None:
+        loader = CountingLoader(fake=("3", "4", "5"))
+        store = store_for(registry, loader, pinned_max=2)
+        await store.refresh()  # production: 1 (not in the LRU)
+        await asyncio.gather(*(store.get("2") for _ in range(20)))  # one load for 20 waiters
+        assert loader.calls == ["1", "2"]
+        await store.get("3")
+        await store.get("2")  # 2 is now the most recent, 3 the least
+        await store.get("4")  # evicts 3
+        await store.get("2")
+        await store.get("3")  # loaded again
+        assert loader.calls == ["1", "2", "3", "4", "3"]
+        assert (await store.get("1")).version == "1"
+        assert (await store.get("01")).version == "1"
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("version", ["99", "abc", "1.0", "", "9" * 40])
+def test_an_unknown_pinned_version_is_not_found(registry: ServingRegistry, version: str) -> None:
+    with pytest.raises(ModelNotFound):
+        run(store_for(registry).get(version))
+
+
+def test_a_registry_that_hangs_is_given_up_after_the_timeout(registry: ServingRegistry) -> None:
+    class SlowRegistry(Registry):
+        def get_version(self, version: str) -> VersionInfo | None:
+            time.sleep(1)
+            return None
+
+    async def scenario() -> float:
+        store = store_for(registry, timeout=0.2)
+        store.registry = SlowRegistry(registry.uri, MODEL, 0.2)
+        started = time.perf_counter()
+        with pytest.raises(RegistryUnavailable, match="did not answer"):
+            await store.get("2")
+        return time.perf_counter() - started
+
+    assert run(scenario()) < 0.8
+
+
+def test_the_poller_starts_and_stops(registry: ServingRegistry) -> None:
+    async def scenario() -> None:
+        store = store_for(registry)
+        await store.start()
+        assert await store.wait_ready(30)
+        registry.set_alias("2")
+        deadline = time.monotonic() + 10
+        while store.require_production().version != "2":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        await store.stop()
+        assert np.isfinite(
+            store.require_production().predict(store.require_production().example)
+        ).all()
+
+    run(scenario())
