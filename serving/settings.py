@@ -91,7 +91,8 @@ class Settings(BaseSettings):
 
     # --- access control ---
     database_url: str = "sqlite:///carprice.db"
-    """SQLAlchemy URL of the users/keys/prediction-log database (PostgreSQL supported)."""
+    """SQLAlchemy URL of the users/keys database (PostgreSQL supported); also the prediction
+    log's unless ``prediction_log_url`` is set."""
     database_migrate_on_start: bool = True
     """Apply the Alembic migrations when the API starts (else run ``carprice db upgrade``)."""
     bcrypt_rounds: int = Field(12, ge=4, le=16)
@@ -119,6 +120,31 @@ class Settings(BaseSettings):
     """Login attempts per client IP."""
     cors_origins: list[str] = []
     """Origins allowed by CORS (none by default)."""
+
+    # --- prediction log ---
+    prediction_log: bool = True
+    """Log every served prediction, one row per car (:mod:`serving.monitoring.prediction_log`)."""
+    prediction_log_url: str | None = None
+    """SQLAlchemy URL of the prediction log's database; unset uses ``database_url``. Migrated
+    on start like the app database (when ``database_migrate_on_start``)."""
+    prediction_log_queue_max: int = Field(100_000, ge=1)
+    """Most logged cars waiting for the writer; beyond it rows are dropped and counted
+    (``carprice_prediction_log_dropped_total``), never waited for."""
+    prediction_log_batch_rows: int = Field(5_000, ge=1)
+    """Most cars the writer inserts in one statement."""
+    prediction_log_flush_interval: float = Field(0.2, gt=0)
+    """Seconds the writer waits to gather a batch before writing what it has."""
+    prediction_log_timeout: float = Field(5.0, gt=0)
+    """Seconds a connection attempt or statement of the writer may take (an unreachable
+    database costs the writer this, never a request)."""
+    prediction_log_retention_days: float | None = Field(None, gt=0)
+    """Days of predictions ``carprice predictions prune`` keeps when no ``--older-than`` is
+    given (unset: prune needs ``--older-than``)."""
+
+    @property
+    def prediction_log_database_url(self) -> str:
+        """Where the prediction log lives: ``prediction_log_url``, else ``database_url``."""
+        return self.prediction_log_url or self.database_url
 
     @model_validator(mode="after")
     def _refuse_default_secret(self) -> Settings:

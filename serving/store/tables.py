@@ -1,8 +1,8 @@
-"""SQLAlchemy ORM tables of the serving database: users and their API keys.
+"""SQLAlchemy ORM tables of the serving database: users, their API keys, the prediction log.
 
 The schema is owned by the Alembic migrations in ``serving/store/migrations``; these classes
-must describe the same tables (``tests/serving/store/test_db.py`` checks that they do). A later
-table (the prediction log) is added as a new class here plus a new migration.
+must describe the same tables (``tests/serving/store/test_db.py`` checks that they do). A new
+table is a new class here plus a new migration.
 """
 
 from __future__ import annotations
@@ -10,14 +10,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -103,3 +108,51 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
 
     user: Mapped[User] = relationship(back_populates="api_keys")
+
+
+class PredictionLog(Base):
+    """One car priced by the API: who asked, which model answered, the features, the price, and
+    later what the car really sold for (``actual_price``, set once by feedback).
+
+    Written in batches by :mod:`serving.monitoring.prediction_log`; read by
+    :mod:`serving.store.predictions`. ``(request_id, row)`` names a car for feedback.
+    """
+
+    __tablename__ = "prediction_log"
+    __table_args__ = (
+        UniqueConstraint("request_id", "row", name="uq_prediction_log_request_id_row"),
+        Index("ix_prediction_log_logged_at", "logged_at"),
+        Index("ix_prediction_log_model_version_logged_at", "model_version", "logged_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer(), "sqlite"), primary_key=True
+    )
+    request_id: Mapped[str] = mapped_column(String(128))
+    row: Mapped[int] = mapped_column(Integer)
+    logged_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    api_version: Mapped[str] = mapped_column(String(8))
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(64))
+    caller: Mapped[str] = mapped_column(String(128))
+    cached: Mapped[bool] = mapped_column(Boolean)
+    price: Mapped[float] = mapped_column(Float)
+    brand: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(64))
+    fuel_type: Mapped[str | None] = mapped_column(String(64))
+    transmission: Mapped[str | None] = mapped_column(String(64))
+    body_type: Mapped[str | None] = mapped_column(String(64))
+    seller_type: Mapped[str | None] = mapped_column(String(64))
+    owner_type: Mapped[str | None] = mapped_column(String(64))
+    color: Mapped[str | None] = mapped_column(String(64))
+    year: Mapped[int | None] = mapped_column(Integer)
+    km_driven: Mapped[int | None] = mapped_column(Integer)
+    engine_cc: Mapped[int | None] = mapped_column(Integer)
+    max_power_bhp: Mapped[float | None] = mapped_column(Float)
+    mileage_kmpl: Mapped[float | None] = mapped_column(Float)
+    seats: Mapped[int | None] = mapped_column(Integer)
+    torque_nm: Mapped[float | None] = mapped_column(Float)
+    doors: Mapped[int | None] = mapped_column(Integer)
+    actual_price: Mapped[float | None] = mapped_column(Float, default=None)
+    feedback_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)

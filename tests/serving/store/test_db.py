@@ -47,7 +47,8 @@ def test_migrations_ship_with_the_package() -> None:
     assert (MIGRATIONS_DIR / "env.py").is_file()
     assert (MIGRATIONS_DIR / "script.py.mako").is_file()
     assert list((MIGRATIONS_DIR / "versions").glob("0001_*.py"))
-    assert head_revision() == "0001"
+    assert list((MIGRATIONS_DIR / "versions").glob("0002_*.py"))
+    assert head_revision() == "0002"
 
 
 def test_upgrade_from_empty(empty_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,7 +58,9 @@ def test_upgrade_from_empty(empty_url: str, monkeypatch: pytest.MonkeyPatch) -> 
     assert current_revision(empty_url) == head_revision()
     engine = create_db_engine(empty_url)
     try:
-        assert {"users", "api_keys", "alembic_version"} <= set(inspect(engine).get_table_names())
+        assert {"users", "api_keys", "prediction_log", "alembic_version"} <= set(
+            inspect(engine).get_table_names()
+        )
     finally:
         engine.dispose()
     upgrade(empty_url)  # idempotent
@@ -81,7 +84,7 @@ def test_downgrade_to_base_and_back(empty_url: str) -> None:
     downgrade(empty_url, "base")
     engine = create_db_engine(empty_url)
     try:
-        assert not {"users", "api_keys"} & set(inspect(engine).get_table_names())
+        assert not {"users", "api_keys", "prediction_log"} & set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
     upgrade(empty_url)
