@@ -62,6 +62,15 @@ class InvalidFeatures(ServingError):  # noqa: N818 - named for what happened
     code = "invalid_features"
 
 
+class InvalidJson(InvalidFeatures):
+    """The body is not valid JSON at all (the same code on /v1 and /v2)."""
+
+    code = "invalid_json"
+
+    def __init__(self, message: str = "the body is not valid JSON", details: Any = None) -> None:
+        super().__init__(message, details)
+
+
 class UnsupportedRequest(ServingError):  # noqa: N818 - named for what happened
     """A well-formed request for something this server does not do (e.g. binary tensors)."""
 

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 
 from serving.errors import (
     InvalidFeatures,
+    InvalidJson,
     ModelNotFound,
     ModelNotReady,
     ModelUnservable,
@@ -103,7 +104,7 @@ async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
     if any(e.get("type") == "json_invalid" for e in errors):
-        return error_response(422, "invalid_json", "the body is not valid JSON")
+        return serving_error_response(InvalidJson())
     return error_response(
         422, "invalid_request", validation_message(errors), validation_details(errors)
     )

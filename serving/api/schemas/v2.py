@@ -26,6 +26,7 @@ from pydantic import (
 
 from serving.errors import (
     InvalidFeatures,
+    InvalidJson,
     UnsupportedRequest,
     invalid_features_from,
     validation_details,
@@ -210,7 +211,7 @@ def parse_request(body: bytes, binary_header: str | None = None) -> InferenceReq
     except ValidationError as exc:
         errors = exc.errors(include_input=False)
         if any(e.get("type") == "json_invalid" for e in errors):
-            raise InvalidFeatures("the body is not valid JSON") from None
+            raise InvalidJson() from None
         raise invalid_features_from(errors, ("body",)) from None
 
 

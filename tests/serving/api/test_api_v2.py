@@ -228,6 +228,17 @@ def test_empty_or_malformed_bodies_are_422(client: TestClient, body: bytes) -> N
     error_of(infer(client, body), 422)
 
 
+@pytest.mark.parametrize("body", [b"{", b"not json", b'{"inputs": [],}', b"[1, 2"])
+def test_a_body_that_is_not_json_is_invalid_json_on_v1_and_v2_alike(
+    client: TestClient, body: bytes
+) -> None:
+    v1 = client.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})
+    v2 = infer(client, body)
+    assert (
+        error_of(v1, 422, "invalid_json")["message"] == error_of(v2, 422, "invalid_json")["message"]
+    )
+
+
 def test_binary_tensor_data_is_refused_clearly(client: TestClient) -> None:
     content = json.dumps(tensors([CAR])).encode()
     r = client.post(
