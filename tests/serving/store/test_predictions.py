@@ -79,10 +79,14 @@ def test_window_columns_types_and_order(engine: Engine) -> None:
     df = predictions.window(engine, Window())
     assert tuple(df.columns) == predictions.EXPORT_COLUMNS
     assert list(zip(df.request_id, df.row, strict=True)) == [("a", 0), ("a", 1), ("b", 0)]
-    assert str(df.year.dtype) == "Int64" and df.year.tolist() == [2019, 2020, 2019]
-    assert df.engine_cc.isna().all() and df.body_type.tolist()[1] == "SUV"
-    assert str(df.logged_at.dt.tz) == "UTC" and df.logged_at.iloc[0] == T0
-    assert df.cached.dtype == bool and math.isnan(df.actual_price.iloc[0])
+    assert str(df.year.dtype) == "Int64"
+    assert df.year.tolist() == [2019, 2020, 2019]
+    assert df.engine_cc.isna().all()
+    assert df.body_type.tolist()[1] == "SUV"
+    assert str(df.logged_at.dt.tz) == "UTC"
+    assert df.logged_at.iloc[0] == T0
+    assert df.cached.dtype == bool
+    assert math.isnan(df.actual_price.iloc[0])
 
 
 def test_window_last_range_and_version(engine: Engine) -> None:
@@ -108,7 +112,7 @@ def test_window_rejects_mixed_or_naive_bounds() -> None:
     with pytest.raises(ValueError, match="not both"):
         Window(last=3, since=T0)
     with pytest.raises(ValueError, match="timezone"):
-        Window(since=datetime(2026, 1, 1))  # noqa: DTZ001 - the point of the test
+        Window(since=datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="before"):
         Window(since=T0, until=T0)
 
@@ -142,7 +146,7 @@ def test_prune(engine: Engine) -> None:
     fill(engine, [record("old", at=T0 - timedelta(days=31)), record("new", at=T0)])
     assert predictions.prune(engine, 30, now=T0) == 1
     assert predictions.window(engine, Window()).request_id.tolist() == ["new"]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="positive"):
         predictions.prune(engine, 0)
 
 
@@ -151,9 +155,10 @@ def test_feedback_once_per_car(engine: Engine) -> None:
     first = predictions.record_feedback(engine, [Feedback("a", 1, 9000.0)], all_or_nothing=True)
     assert (first.matched, first.ok) == (1, True)
     again = predictions.record_feedback(engine, [Feedback("a", 1, 1.0)], all_or_nothing=True)
-    assert again.duplicates == [("a", 1)] and again.matched == 0
+    assert (again.duplicates, again.matched) == ([("a", 1)], 0)
     df = predictions.window(engine, Window())
-    assert df.actual_price.tolist()[1] == 9000.0 and math.isnan(df.actual_price.tolist()[0])
+    assert df.actual_price.tolist()[1] == 9000.0
+    assert math.isnan(df.actual_price.tolist()[0])
 
 
 def test_feedback_all_or_nothing_records_nothing_on_any_error(engine: Engine) -> None:
@@ -169,8 +174,12 @@ def test_feedback_bulk_counts_matched_unknown_duplicates(engine: Engine) -> None
     fill(engine, [record(f"r{i}") for i in range(3)])
     out = predictions.record_feedback(
         engine,
-        [Feedback("r0", 0, 1.0), Feedback("r0", 0, 2.0), Feedback("r1", 0, 3.0)]
-        + [Feedback("nope", 0, 4.0)],
+        [
+            Feedback("r0", 0, 1.0),
+            Feedback("r0", 0, 2.0),
+            Feedback("r1", 0, 3.0),
+            Feedback("nope", 0, 4.0),
+        ],
         all_or_nothing=False,
     )
     assert (out.matched, out.duplicates, out.unknown) == (2, [("r0", 0)], [("nope", 0)])
