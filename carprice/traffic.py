@@ -81,7 +81,9 @@ def parse_spec(spec: str) -> list[Shift]:
             try:
                 share = float(match["share"])
             except ValueError:
-                raise SpecError(f"{part.strip()!r}: share {match['share']!r} is not a number")
+                raise SpecError(
+                    f"{part.strip()!r}: share {match['share']!r} is not a number"
+                ) from None
             if not 0 < share <= 1:
                 raise SpecError(f"{part.strip()!r}: the share must be in (0, 1], got {share}")
         value: str | float = raw
@@ -89,7 +91,7 @@ def parse_spec(spec: str) -> list[Shift]:
             try:
                 value = float(raw)
             except ValueError:
-                raise SpecError(f"{part.strip()!r}: {column} is a number, {raw!r} is not")
+                raise SpecError(f"{part.strip()!r}: {column} is a number, {raw!r} is not") from None
             if not math.isfinite(value):
                 raise SpecError(f"{part.strip()!r}: {raw!r} is not a finite number")
         elif op != "=":
@@ -173,8 +175,7 @@ class Summary:
         return [
             f"requests: {self.requests} in {self.seconds:.1f} s ({rate:.1f}/s), "
             f"cars priced: {self.cars}",
-            f"answers: 200 x {self.ok}"
-            + "".join(f", {k} x {v}" for k, v in errors.items()),
+            f"answers: 200 x {self.ok}" + "".join(f", {k} x {v}" for k, v in errors.items()),
             f"latency ms: p50 {np.percentile(lat, 50):.1f}, p95 {np.percentile(lat, 95):.1f}, "
             f"p99 {np.percentile(lat, 99):.1f}",
             f"feedback: {self.feedback_ok} of {self.feedback_sent} reports accepted",
@@ -185,7 +186,9 @@ def _batches(cars: list[dict[str, Any]], prices: list[float], size: int) -> Iter
     # Cycle through the drawn cars for as long as the run lasts.
     index = 0
     while True:
-        chunk = [(cars[(index + i) % len(cars)], prices[(index + i) % len(cars)]) for i in range(size)]
+        chunk = [
+            (cars[(index + i) % len(cars)], prices[(index + i) % len(cars)]) for i in range(size)
+        ]
         index = (index + size) % len(cars)
         yield chunk
 

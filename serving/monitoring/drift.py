@@ -162,7 +162,9 @@ def compute(
         The summary (``drift.json``), Evidently's HTML and its snapshots.
     """
     columns = [*FEATURE_NAMES, PREDICTION]
-    definition = DataDefinition(numerical_columns=[*_NUMERICAL, PREDICTION], categorical_columns=_CATEGORICAL)
+    definition = DataDefinition(
+        numerical_columns=[*_NUMERICAL, PREDICTION], categorical_columns=_CATEGORICAL
+    )
     drift_report = Report(
         [
             DataDriftPreset(columns=list(FEATURE_NAMES), drift_share=drift_share),
@@ -202,15 +204,18 @@ def compute(
         snapshots.append(quality_snapshot)
 
     features = {name: results[name] for name in FEATURE_NAMES}
-    if window is None:
-        logged = current["logged_at"] if "logged_at" in current else pd.Series([], dtype=object)
-        window = (logged.min() if len(logged) else None, logged.max() if len(logged) else None)
+    start: Any = None
+    end: Any = None
+    if window is not None:
+        start, end = window
+    elif "logged_at" in current and len(current):
+        start, end = current["logged_at"].min(), current["logged_at"].max()
     summary = {
         "model_name": model_name,
         "model_version": str(model_version),
         "reference_rows": len(reference),
         "current_rows": len(current),
-        "window": {"from": _iso(window[0]), "to": _iso(window[1])},
+        "window": {"from": _iso(start), "to": _iso(end)},
         "dataset_drift": share >= drift_share,
         "drift_share": share,
         "drifted_features": [name for name in FEATURE_NAMES if features[name]["drifted"]],

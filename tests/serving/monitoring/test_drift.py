@@ -53,14 +53,13 @@ def check_shape(summary: dict[str, Any]) -> None:
         assert set(entry) == {"drifted", "score", "method", "threshold"}
         assert isinstance(entry["drifted"], bool)
         assert isinstance(entry["score"], float)
-        assert entry["method"] and isinstance(entry["threshold"], float)
+        assert entry["method"]
+        assert isinstance(entry["threshold"], float)
     assert summary["drift_share"] == pytest.approx(len(summary["drifted_features"]) / 16)
     json.dumps(summary, allow_nan=False)  # plain JSON, no NaN
 
 
-def test_traffic_like_training_does_not_drift(
-    model: LoadedModel, reference: pd.DataFrame
-) -> None:
+def test_traffic_like_training_does_not_drift(model: LoadedModel, reference: pd.DataFrame) -> None:
     current = priced(model, seed=22, rows=CURRENT_ROWS)
     report = compute(current, reference, model_name=MODEL, model_version="1")
     summary = report.summary
