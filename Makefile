@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 ROWS ?= 20000
 SEED ?= 42
 
-.PHONY: lock setup data train run serve test lint format services bench bench-ops bench-knobs bench-quality bench-pipeline bench-pipeline-1m clean
+.PHONY: env lock setup data train run serve test lint format services bench bench-ops bench-knobs bench-quality bench-pipeline bench-pipeline-1m clean
 
 # uv installs from uv.lock; a machine with only Python gets a private, pinned uv in .uv/ first.
 UV_VERSION := 0.13.9
@@ -45,6 +45,9 @@ run: train ## train, create a demo admin + API key, serve the production model o
 
 serve: setup ## serve only (development settings; set CARPRICE_* for anything else)
 	CARPRICE_ENV=development carprice serve
+
+env: ## write .env for docker compose from .env.example, with fresh random secrets
+	$(PYTHON) scripts/make_env.py
 
 services: ## start PostgreSQL and Redis when they are not running
 	bash scripts/services.sh

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -31,6 +34,7 @@ def serve(
     except ValidationError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from None
+    fresh_multiprocess_dir()
     uvicorn.run(
         "serving.main:app",
         host=host,
@@ -41,3 +45,25 @@ def serve(
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
         server_header=False,
     )
+
+
+def fresh_multiprocess_dir() -> Path | None:
+    """Empty (or create) ``PROMETHEUS_MULTIPROC_DIR`` before any worker starts.
+
+    prometheus_client's multiprocess mode keeps one file per worker pid there and sums them on
+    each scrape; files left by a previous run would keep counting dead workers (and their
+    counters), so every start begins with an empty directory. Unset: nothing to do.
+    """
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not value:
+        return None
+    path = Path(value)
+    if path.is_dir():
+        for child in path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    else:
+        path.mkdir(parents=True)
+    return path
