@@ -45,9 +45,17 @@ class ModelNotFound(ServingError):  # noqa: N818 - named for what happened
 
 
 class ModelUnservable(ServingError):  # noqa: N818 - named for what happened
-    """A registered version that fails to load, its smoke test or the signature check."""
+    """A registered version that fails to load, its smoke test or the signature check.
+
+    ``reason`` is one of a few fixed words (``signature_mismatch``, ``smoke_test_failed``,
+    ``invalid_artifact``, ``load_failed``, ``not_ready``): the label of the rejection metric.
+    """
 
     code = "model_unservable"
+
+    def __init__(self, message: str, details: Any = None, *, reason: str = "load_failed") -> None:
+        super().__init__(message, details)
+        self.reason = reason
 
 
 class RegistryUnavailable(ServingError):  # noqa: N818 - named for what happened
@@ -87,6 +95,30 @@ class PredictionFailed(ServingError):  # noqa: N818 - named for what happened
     """The model produced no usable price (a fault of the model, not of the input)."""
 
     code = "prediction_failed"
+
+
+class UnknownPrediction(ServingError):  # noqa: N818 - named for what happened
+    """Feedback names a request id and row that are not in the prediction log."""
+
+    code = "unknown_prediction"
+
+
+class FeedbackExists(ServingError):  # noqa: N818 - named for what happened
+    """Feedback for a car that already has its real price (the first value stays)."""
+
+    code = "feedback_exists"
+
+
+class InvalidFeedback(ServingError):  # noqa: N818 - named for what happened
+    """Feedback that is not valid input (an empty list, or more reports than allowed)."""
+
+    code = "invalid_feedback"
+
+
+class PredictionLogUnavailable(ServingError):  # noqa: N818 - named for what happened
+    """The prediction log's database did not answer (in time)."""
+
+    code = "prediction_log_unavailable"
 
 
 def short_text(text: object) -> str:

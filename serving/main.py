@@ -7,6 +7,7 @@ the model, the cache and the poller start in the lifespan and are closed after i
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gc
 import logging
@@ -30,8 +31,11 @@ from serving.inference.model_store import ModelStore
 from serving.inference.prediction import PredictionService
 from serving.inference.registry import Registry
 from serving.monitoring import logs
-from serving.monitoring.metrics import http_instrumentation
+from serving.monitoring.feedback import FeedbackService
+from serving.monitoring.metrics import forget_dead_workers, http_instrumentation, worker_exited
+from serving.monitoring.prediction_log import PredictionLog
 from serving.settings import Settings, get_settings
+from serving.store.database import create_db_engine
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logs.configure(settings.log_level)
+        forget_dead_workers()
         registry = Registry(
             settings.mlflow_tracking_uri, settings.model_name, settings.registry_timeout
         )
@@ -67,14 +72,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
         )
         cache = build_cache(settings)
+        log_engine = create_db_engine(
+            settings.prediction_log_database_url, timeout=settings.prediction_log_timeout
+        )
+        prediction_log = (
+            PredictionLog(
+                log_engine,
+                queue_max=settings.prediction_log_queue_max,
+                batch_rows=settings.prediction_log_batch_rows,
+                flush_interval=settings.prediction_log_flush_interval,
+                # In the writer's thread: a log database that is down delays no start-up.
+                migrate=settings.database_migrate_on_start,
+            )
+            if settings.prediction_log
+            else None
+        )
         app.state.models = models
         app.state.cache = cache
+        app.state.prediction_log = prediction_log
         app.state.predictions = PredictionService(
             models,
             cache,
             settings.batch_max,
             MicroBatcher(settings.microbatch_max_rows, settings.microbatch_wait_ms / 1000),
+            prediction_log,
         )
+        app.state.feedback = FeedbackService(
+            log_engine, settings.batch_max, settings.prediction_log_timeout
+        )
+        if prediction_log is not None:
+            prediction_log.start()
         await open_auth(app.state, settings)
         await models.start()
         if settings.gc_freeze:
@@ -90,9 +117,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            # uvicorn has answered every in-flight request by now: what they priced is queued.
+            if prediction_log is not None:
+                await asyncio.to_thread(prediction_log.close, settings.shutdown_timeout)
             await models.stop()
             await cache.aclose()
             await close_auth(app.state)
+            log_engine.dispose()
+            worker_exited()
             log.info("stopped")
 
     app = CarpriceAPI(

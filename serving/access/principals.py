@@ -38,6 +38,14 @@ class Principal:
         return role in _GRANTS[self.role]
 
     @property
+    def caller(self) -> str:
+        """Who asked, as the prediction log records it: the user name, or ``key:<id>`` for an
+        API key (its id, never the key)."""
+        if self.via == "api_key" and self.key_id is not None:
+            return f"key:{self.key_id}"
+        return self.username
+
+    @property
     def limit_key(self) -> str:
         """Rate-limit bucket: per user, so a user's tokens and keys share one budget."""
         return f"user:{self.user_id}"

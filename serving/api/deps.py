@@ -18,6 +18,7 @@ from serving.inference.cache import PredictionCache
 from serving.inference.model_store import ModelStore
 from serving.inference.prediction import PredictionService
 from serving.monitoring import request_context
+from serving.monitoring.feedback import FeedbackService
 from serving.monitoring.request_context import request_id_from
 from serving.settings import Settings
 
@@ -42,6 +43,11 @@ async def get_prediction_service(request: Request) -> PredictionService:
     return cast(PredictionService, request.app.state.predictions)
 
 
+async def get_feedback_service(request: Request) -> FeedbackService:
+    """The feedback service (real sale prices into the prediction log)."""
+    return cast(FeedbackService, request.app.state.feedback)
+
+
 async def get_request_id(request: Request) -> str:
     """The id of this request (also in the ``X-Request-ID`` response header)."""
     ctx = request_context.current()
@@ -53,6 +59,7 @@ ModelsDep = Annotated[ModelStore, Depends(get_models)]
 CacheDep = Annotated[PredictionCache, Depends(get_cache)]
 PredictionServiceDep = Annotated[PredictionService, Depends(get_prediction_service)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]
+FeedbackServiceDep = Annotated[FeedbackService, Depends(get_feedback_service)]
 
 
 async def served_model_name(model_name: str, settings: SettingsDep) -> str:

@@ -21,14 +21,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from serving.errors import (
+    FeedbackExists,
     InvalidFeatures,
+    InvalidFeedback,
     InvalidJson,
     ModelNotFound,
     ModelNotReady,
     ModelUnservable,
     PredictionFailed,
+    PredictionLogUnavailable,
     RegistryUnavailable,
     ServingError,
+    UnknownPrediction,
     UnsupportedMediaType,
     UnsupportedRequest,
     short_text,
@@ -47,6 +51,10 @@ _STATUS: dict[type[ServingError], int] = {
     UnsupportedRequest: 400,
     UnsupportedMediaType: 415,
     PredictionFailed: 500,
+    UnknownPrediction: 404,
+    FeedbackExists: 409,
+    InvalidFeedback: 422,
+    PredictionLogUnavailable: 503,
 }
 _RETRY_AFTER = {ModelNotReady: "5", RegistryUnavailable: "5"}
 

@@ -273,7 +273,9 @@ class FastLane:
                 return await handle_access_error(Request(scope), RateLimited(rate))
             response: Response
             try:
-                result = await service.predict(rows)
+                result = await service.predict(
+                    rows, request_id=ctx.request_id, api_version="v1", caller=principal.caller
+                )
             except ServingError as exc:
                 response = serving_error_response(exc)
             else:

@@ -50,6 +50,7 @@ from serving.access.ratelimit import (
 )
 from serving.access.tokens import IssuedToken, TokenService
 from serving.api.errors import error_response
+from serving.monitoring.metrics import RATE_LIMITED
 from serving.settings import DEFAULT_JWT_SECRET, Settings
 from serving.store.database import Database, open_database
 
@@ -203,9 +204,10 @@ async def verify_credentials(
     raise NotAuthenticated("no credentials", presented=False)
 
 
-def _count(request: Request, state: RateState) -> None:
+def _count(request: Request, state: RateState, limit: str = "request") -> None:
     request.state.rate_limit = state  # RateLimitHeadersMiddleware puts it on the response
     if not state.allowed:
+        request.state.rate_limited = limit  # the label of the 429 counted in the handler
         raise RateLimited(state)
 
 
@@ -268,7 +270,8 @@ def client_address(request: Request) -> str:
 
 async def limit_login(request: Request, access: AccessDep) -> None:
     """Count a login attempt against the client address's limit (raises ``RateLimited``)."""
-    _count(request, await access.limiter.hit(f"login:{client_address(request)}", access.login_rate))
+    state = await access.limiter.hit(f"login:{client_address(request)}", access.login_rate)
+    _count(request, state, "login")
 
 
 # --- HTTP meaning of the access errors ---
@@ -331,6 +334,8 @@ async def handle_access_error(request: Request, exc: Exception) -> JSONResponse:
         log.info("authentication failed from %s: %s", client_address(request), exc)
     elif status == 503:
         log.warning("authentication unavailable: %s", exc)
+    elif status == 429:
+        RATE_LIMITED.labels(getattr(request.state, "rate_limited", "request")).inc()
     return error_response(
         status,
         access_error_code(exc),

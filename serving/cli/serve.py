@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from serving.monitoring import logs
-from serving.settings import get_settings
+from serving.settings import Settings, get_settings
 
 
 def serve(
@@ -24,17 +26,32 @@ def serve(
     """Serve the registry's production model over HTTP (/v1, /v2, /docs, /metrics).
 
     Settings come from ``CARPRICE_*`` variables and ``MLFLOW_TRACKING_URI`` (see
-    serving/README.md). SIGTERM or Ctrl-C stops accepting connections and lets in-flight
-    requests finish (up to ``CARPRICE_SHUTDOWN_TIMEOUT`` seconds).
+    serving/README.md). SIGTERM or Ctrl-C stops accepting connections, lets in-flight
+    requests finish (up to ``CARPRICE_SHUTDOWN_TIMEOUT`` seconds) and writes the queued
+    prediction log. ``/metrics`` shows the totals of all workers.
     """
-    import uvicorn
-
     try:
         settings = get_settings()  # fail here, once, not in every worker
     except ValidationError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from None
-    fresh_multiprocess_dir()
+    made = fresh_multiprocess_dir() is None
+    if made:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="carprice-metrics-")
+    try:
+        _run(settings, host, port, workers)
+    finally:
+        if made:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def _run(settings: Settings, host: str, port: int, workers: int) -> None:
+    # prometheus_client picks its storage (memory or the directory's files) when imported:
+    # the directory must be set first, here and in every worker (which inherit it).
+    if "prometheus_client" in sys.modules:  # pragma: no cover - a programming error
+        raise RuntimeError("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR")
+    import uvicorn
+
     uvicorn.run(
         "serving.main:app",
         host=host,
@@ -52,7 +69,8 @@ def fresh_multiprocess_dir() -> Path | None:
 
     prometheus_client's multiprocess mode keeps one file per worker pid there and sums them on
     each scrape; files left by a previous run would keep counting dead workers (and their
-    counters), so every start begins with an empty directory. Unset: nothing to do.
+    counters), so every start begins with an empty directory. Unset: nothing to do (``serve``
+    then makes a temporary one and removes it at exit).
     """
     value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not value:

@@ -136,10 +136,14 @@ def _is_price_output(spec: dict[str, Any]) -> bool:
 def example_rows(example: Any) -> tuple[Row, ...]:
     """The logged input example as rows (NaN and None become missing)."""
     if not isinstance(example, pd.DataFrame) or example.empty:
-        raise ModelUnservable("the model was logged without a tabular input example")
+        raise ModelUnservable(
+            "the model was logged without a tabular input example", reason="invalid_artifact"
+        )
     missing = [c for c in FEATURE_NAMES if c not in example.columns]
     if missing:
-        raise ModelUnservable(f"the input example lacks columns {missing}")
+        raise ModelUnservable(
+            f"the input example lacks columns {missing}", reason="invalid_artifact"
+        )
     rows = []
     for record in example[list(FEATURE_NAMES)].to_dict(orient="records"):
         clean = {str(k): (None if _is_missing(v) else v) for k, v in record.items()}
@@ -158,17 +162,20 @@ def smoke_test(model: LoadedModel) -> None:
         prices = model.predict(model.example)
     except Exception as exc:
         raise ModelUnservable(
-            f"{model.name}/{model.version} failed its smoke test: {type(exc).__name__}: {exc}"
+            f"{model.name}/{model.version} failed its smoke test: {type(exc).__name__}: {exc}",
+            reason="smoke_test_failed",
         ) from exc
     if prices.shape != (len(model.example),):
         raise ModelUnservable(
             f"{model.name}/{model.version} returned shape {prices.shape} for "
-            f"{len(model.example)} example rows"
+            f"{len(model.example)} example rows",
+            reason="smoke_test_failed",
         )
     if not bool(np.all(np.isfinite(prices))) or not bool(np.all(prices > 0)):
         raise ModelUnservable(
             f"{model.name}/{model.version} predicted non-finite or non-positive prices on its "
-            f"input example: {prices.tolist()[:5]}"
+            f"input example: {prices.tolist()[:5]}",
+            reason="smoke_test_failed",
         )
 
 
@@ -209,18 +216,24 @@ def _load_from(path: Path, info: VersionInfo, threads: int, compiled: bool) -> L
     try:
         meta = Model.load(str(path / "MLmodel"))
     except Exception as exc:
-        raise ModelUnservable(f"{label} has no readable MLmodel file: {exc}") from exc
+        raise ModelUnservable(
+            f"{label} has no readable MLmodel file: {exc}", reason="invalid_artifact"
+        ) from exc
     problems = check_signature(meta.signature)
     if problems:
         raise ModelUnservable(
-            f"{label} does not match the API's schema: " + "; ".join(problems), problems
+            f"{label} does not match the API's schema: " + "; ".join(problems),
+            problems,
+            reason="signature_mismatch",
         )
     if "sklearn" not in meta.flavors:
-        raise ModelUnservable(f"{label} is not a scikit-learn model")
+        raise ModelUnservable(f"{label} is not a scikit-learn model", reason="invalid_artifact")
     try:
         example = meta.load_input_example(str(path))
     except Exception as exc:
-        raise ModelUnservable(f"{label} has an unreadable input example: {exc}") from exc
+        raise ModelUnservable(
+            f"{label} has an unreadable input example: {exc}", reason="invalid_artifact"
+        ) from exc
     rows = example_rows(example)
     try:
         import mlflow.sklearn

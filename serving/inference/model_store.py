@@ -25,7 +25,7 @@ from typing import TypeVar
 from serving.errors import ModelNotFound, ModelNotReady, ModelUnservable, RegistryUnavailable
 from serving.inference.model import LoadedModel, load_version
 from serving.inference.registry import Registry, VersionInfo
-from serving.monitoring.metrics import MODEL_LOADS, MODEL_READY, MODEL_VERSION
+from serving.monitoring.metrics import MODEL_INFO, MODEL_LOADS, MODEL_READY, MODEL_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,10 @@ class ModelStore:
             if info is None:
                 raise ModelNotFound(f"{self.name} has no version {version}")
             if info.status != "READY":
-                raise ModelUnservable(f"{self.name}/{version} is {info.status}, not READY")
-            model = await self._load(info)
+                raise ModelUnservable(
+                    f"{self.name}/{version} is {info.status}, not READY", reason="not_ready"
+                )
+            model = await self._load(info, "pinned")
             self._remember(model)
         self._pinned_locks.pop(version, None)
         return model
@@ -205,7 +207,7 @@ class ModelStore:
             if current is None:
                 self.status = f"starting: loading {self.name}/{info.version}"
             try:
-                model = await self._load(info)
+                model = await self._load(info, "initial" if current is None else "reload")
             except (ModelUnservable, RegistryUnavailable) as exc:
                 kept = f"; still serving {self.name}/{current.version}" if current else ""
                 self._set_status(f"{self.name}/{info.version} was rejected: {exc.message}{kept}")
@@ -215,6 +217,9 @@ class ModelStore:
             self._remember(current)
         MODEL_READY.set(1)
         MODEL_VERSION.set(float(model.version))
+        if current is not None:
+            MODEL_INFO.labels(current.name, current.version).set(0)
+        MODEL_INFO.labels(model.name, model.version).set(1)
         self._ready.set()
         self.status = f"serving {self.name}/{model.version}"
         log.info(
@@ -238,22 +243,23 @@ class ModelStore:
                 f"the registry did not answer within {self.registry_timeout:g} s"
             ) from exc
 
-    async def _load(self, info: VersionInfo) -> LoadedModel:
-        """Load in a worker thread; count and remember the outcome."""
+    async def _load(self, info: VersionInfo, kind: str) -> LoadedModel:
+        """Load in a worker thread; count (as ``kind``) and remember the outcome."""
         try:
             model = await asyncio.to_thread(self._loader, self.registry, info)
         except (ModelUnservable, RegistryUnavailable) as exc:
-            MODEL_LOADS.labels("failed").inc()
+            reason = exc.reason if isinstance(exc, ModelUnservable) else "registry_unavailable"
+            MODEL_LOADS.labels(kind, "rejected", reason).inc()
             self._record_failure(info.version, exc.message)
             log.error("rejected %s/%s: %s", self.name, info.version, exc.message)
             raise
         except Exception as exc:  # an unexpected loader error still only rejects the version
-            MODEL_LOADS.labels("failed").inc()
+            MODEL_LOADS.labels(kind, "rejected", "load_failed").inc()
             message = f"{type(exc).__name__}: {exc}"
             self._record_failure(info.version, message)
             log.exception("rejected %s/%s", self.name, info.version)
             raise ModelUnservable(f"{self.name}/{info.version} failed to load: {message}") from exc
-        MODEL_LOADS.labels("ok").inc()
+        MODEL_LOADS.labels(kind, "ok", "").inc()
         self._failures.pop(info.version, None)
         return model
 

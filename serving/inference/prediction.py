@@ -1,4 +1,4 @@
-"""The one prediction service behind every API version: cache -> model -> cache, and metrics.
+"""The one prediction service behind every API version: cache -> model -> cache -> log, metrics.
 
 Routers translate HTTP into validated :data:`~serving.inference.features.Row` lists and call
 :meth:`PredictionService.predict`; they never touch the model or the cache themselves.
@@ -6,7 +6,9 @@ Routers translate HTTP into validated :data:`~serving.inference.features.Row` li
 
 from __future__ import annotations
 
+import functools
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +19,8 @@ from serving.inference.cache import PredictionCache
 from serving.inference.features import Row
 from serving.inference.model_store import ModelStore
 from serving.monitoring import request_context
-from serving.monitoring.metrics import CACHE_EVENTS
+from serving.monitoring.metrics import CACHE_EVENTS, INFERENCE_SECONDS, PREDICTIONS
+from serving.monitoring.prediction_log import PredictionLog
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,17 +42,29 @@ class PredictionService:
         cache: PredictionCache,
         batch_max: int,
         batcher: MicroBatcher | None = None,
+        log: PredictionLog | None = None,
     ) -> None:
         self.models = models
         self.cache = cache
         self.batch_max = batch_max
         self.batcher = batcher or MicroBatcher(max_rows=16, wait_s=0.0)
+        self.log = log
 
-    async def predict(self, rows: Sequence[Row], version: str | None = None) -> Prediction:
-        """Price ``rows`` (validated cars) with one model version.
+    async def predict(
+        self,
+        rows: Sequence[Row],
+        version: str | None = None,
+        *,
+        request_id: str,
+        api_version: str,
+        caller: str,
+    ) -> Prediction:
+        """Price ``rows`` (validated cars) with one model version, for ``caller`` (a user name or
+        ``key:<id>``) in request ``request_id`` of ``api_version`` (``v1``/``v2``).
 
         Cached prices are read for all rows in one call; only the misses go to the model, in one
-        vectorised call, and are then written back in one call.
+        vectorised call, and are then written back in one call. The answer is counted and queued
+        for the prediction log (never waited for) before it is returned.
 
         Raises:
             InvalidFeatures: no rows, or more than ``batch_max``.
@@ -75,7 +90,9 @@ class PredictionService:
         if misses:
             CACHE_EVENTS.labels("miss").inc(len(misses))
             miss_rows = [rows[i] for i in misses]
+            started = time.perf_counter()
             predicted = await self.batcher.predict(model, miss_rows)
+            INFERENCE_SECONDS.observe(time.perf_counter() - started)
             if predicted.shape != (len(miss_rows),):
                 raise PredictionFailed(
                     f"{model.name}/{model.version} returned {predicted.shape} prices for "
@@ -90,9 +107,28 @@ class PredictionService:
                 prices[i] = value
                 fresh[keys[i]] = value
             await self.cache.set_many(fresh)
+        priced = [p for p in prices if p is not None]  # every row has a price by now
+        if hits:
+            _predictions(api_version, model.version, True).inc(hits)
+        if misses:
+            _predictions(api_version, model.version, False).inc(len(misses))
+        if self.log is not None:
+            self.log.record(
+                request_id=request_id,
+                api_version=api_version,
+                caller=caller,
+                model_name=model.name,
+                model_version=model.version,
+                rows=rows,
+                prices=priced,
+                cached=cached,
+            )
         return Prediction(
-            prices=[p for p in prices if p is not None],  # every row has a price by now
-            cached=cached,
-            model_name=model.name,
-            model_version=model.version,
+            prices=priced, cached=cached, model_name=model.name, model_version=model.version
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _predictions(api_version: str, model_version: str, cached: bool) -> Any:
+    # One labels() look-up per series, not per request (a few microseconds each).
+    return PREDICTIONS.labels(api_version, model_version, "true" if cached else "false")

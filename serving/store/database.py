@@ -34,14 +34,25 @@ def _enable_sqlite_foreign_keys(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_db_engine(url: str) -> Engine:
-    """An engine for ``url``: pre-pinged pool; SQLite with foreign keys on and thread-safe use."""
+def create_db_engine(url: str, *, timeout: float | None = None) -> Engine:
+    """An engine for ``url``: pre-pinged pool; SQLite with foreign keys on and thread-safe use.
+
+    ``timeout`` (seconds) bounds a connection attempt and a statement on PostgreSQL (a server
+    that accepts and never answers costs that, not forever) and SQLite's wait for a lock.
+    """
     parsed = make_url(url)
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() != "sqlite":
         kwargs["pool_pre_ping"] = True  # a server restart must not fail the next requests
+        if timeout is not None and parsed.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {
+                "connect_timeout": max(1, round(timeout)),  # libpq counts whole seconds
+                "options": f"-c statement_timeout={round(timeout * 1000)}",
+            }
     else:
         kwargs["connect_args"] = {"check_same_thread": False}
+        if timeout is not None:
+            kwargs["connect_args"]["timeout"] = timeout
         if parsed.database in (None, "", ":memory:"):
             # One shared connection, or every thread would see its own empty database.
             kwargs["poolclass"] = pool.StaticPool

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header
 
-from serving.access.principals import Role
+from serving.access.principals import Principal, Role
 from serving.api.deps import (
     ModelsDep,
     PredictionServiceDep,
@@ -22,7 +22,7 @@ from serving.api.deps import (
 )
 from serving.api.schemas import v2
 from serving.api.schemas.errors import ERROR_RESPONSES
-from serving.api.security import require_role
+from serving.api.security import PredictPrincipal, require_role
 from serving.errors import ModelNotReady
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
@@ -120,10 +120,11 @@ async def infer(
     body: RawBody,
     service: PredictionServiceDep,
     request_id: RequestIdDep,
+    principal: PredictPrincipal,
     binary_header: BinaryHeader = None,
 ) -> v2.InferenceResponse:
     """Price the cars in the request with the production model."""
-    return await _infer(body, binary_header, service, request_id, None)
+    return await _infer(body, binary_header, service, request_id, principal, None)
 
 
 @router.post(
@@ -138,10 +139,11 @@ async def infer_version(
     body: RawBody,
     service: PredictionServiceDep,
     request_id: RequestIdDep,
+    principal: PredictPrincipal,
     binary_header: BinaryHeader = None,
 ) -> v2.InferenceResponse:
     """Price the cars in the request with that registered version (loaded on demand)."""
-    return await _infer(body, binary_header, service, request_id, model_version)
+    return await _infer(body, binary_header, service, request_id, principal, model_version)
 
 
 async def _infer(
@@ -149,11 +151,14 @@ async def _infer(
     binary_header: str | None,
     service: PredictionServiceDep,
     request_id: str,
+    principal: Principal,
     model_version: str | None,
 ) -> v2.InferenceResponse:
     request = v2.parse_request(body, binary_header)
     rows = v2.to_rows(request)
-    result = await service.predict(rows, model_version)
+    result = await service.predict(
+        rows, model_version, request_id=request_id, api_version="v2", caller=principal.caller
+    )
     return v2.response(
         result.prices, result.model_name, result.model_version, request.id or request_id
     )

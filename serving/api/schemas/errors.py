@@ -26,3 +26,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     )
 }
 """OpenAPI ``responses=`` entries for the error statuses of prediction endpoints."""
+
+FEEDBACK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in (
+        (404, "A request id / row is not in the prediction log (`details` lists them)"),
+        (409, "A car's real price was already reported; the first report stays"),
+        (413, "Body larger than the configured limit"),
+        (422, "Invalid report: a price that is not a positive finite number, too many reports"),
+        (503, "The prediction log's database is unavailable"),
+    )
+}
+"""OpenAPI ``responses=`` entries of ``POST /v1/feedback``."""

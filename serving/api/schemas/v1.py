@@ -27,6 +27,7 @@ from typing_extensions import TypedDict
 
 from serving.inference.features import BY_NAME, MAX_CATEGORY_LENGTH, Row, make_row
 from serving.inference.registry import VersionInfo
+from serving.store.predictions import Feedback
 
 EXAMPLE_CAR: dict[str, Any] = {
     "brand": "Toyota",
@@ -182,3 +183,31 @@ class ModelList(BaseModel):
     alias: str = Field(description="The alias /v1 serves (`CARPRICE_MODEL_ALIAS`).")
     serving_version: str | None = Field(description="Version this process serves now.")
     versions: list[ModelVersionInfo]
+
+
+class FeedbackReport(BaseModel):
+    """The real sale price of one priced car, named by the prediction's request id and row."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(
+        min_length=1,
+        max_length=128,
+        description="The `request_id` of the prediction (its `X-Request-ID` header).",
+    )
+    row: int = Field(
+        0, ge=0, strict=True, description="Index of the car in the request (0 for one car)."
+    )
+    actual_price: float = Field(
+        gt=0, allow_inf_nan=False, description="What the car really sold for (positive)."
+    )
+
+    def to_feedback(self) -> Feedback:
+        """The store's view of this report."""
+        return Feedback(self.request_id, self.row, self.actual_price)
+
+
+class FeedbackRecorded(BaseModel):
+    """How many reports were recorded (all of them: a request is recorded whole or not at all)."""
+
+    recorded: int = Field(description="Number of cars whose real price was recorded.")

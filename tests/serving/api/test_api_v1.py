@@ -300,7 +300,9 @@ def test_metrics_expose_model_loads_readiness_and_cache_events(registry: Serving
         client.post("/v1/predict", json=unique_car())
         text = client.get("/metrics").text
     for series in (
-        'carprice_model_loads_total{outcome="ok"}',
+        'carprice_model_loads_total{kind="initial",outcome="ok",reason=""}',
+        'carprice_model_info{model_name="car-price",model_version="1"} 1.0',
+        'carprice_predictions_total{api_version="v1",cached="false",model_version="1"}',
         "carprice_model_ready 1.0",
         "carprice_model_version 1.0",
         'carprice_cache_events_total{event="miss"}',

@@ -51,8 +51,24 @@ def store_for(
     )
 
 
-def failed_loads() -> float:
-    return float(MODEL_LOADS.labels("failed")._value.get())
+def failed_loads(reason: str | None = None) -> float:
+    """Rejected reloads (of ``reason``, or of any), read from the default registry."""
+    from prometheus_client import REGISTRY
+
+    total = 0.0
+    for metric in REGISTRY.collect():
+        if metric.name != MODEL_LOADS._name:
+            continue
+        for sample in metric.samples:
+            labels = sample.labels
+            if (
+                sample.name.endswith("_total")
+                and labels["kind"] == "reload"
+                and labels["outcome"] == "rejected"
+                and (reason is None or labels["reason"] == reason)
+            ):
+                total += sample.value
+    return total
 
 
 def run(coro: Any) -> Any:
@@ -94,19 +110,22 @@ def test_a_new_alias_version_is_swapped_in_and_the_old_one_kept_for_pinning(
     run(scenario())
 
 
-@pytest.mark.parametrize("broken", ["3", "4", "5"])
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [("3", "signature_mismatch"), ("4", "smoke_test_failed"), ("5", "load_failed")],
+)
 def test_a_broken_new_version_is_rejected_and_the_previous_keeps_serving(
-    registry: ServingRegistry, broken: str
+    registry: ServingRegistry, broken: str, reason: str
 ) -> None:
     async def scenario() -> None:
         loader = CountingLoader()
         store = store_for(registry, loader)
         await store.refresh()
-        before = failed_loads()
+        before = failed_loads(reason)
         registry.set_alias(broken)
         assert await store.refresh() is False
         assert store.require_production().version == "1"
-        assert failed_loads() - before == 1
+        assert failed_loads(reason) - before == 1
         assert f"car-price/{broken} was rejected" in store.status
         assert "still serving car-price/1" in store.status
         assert await store.refresh() is False  # within the backoff: not loaded again

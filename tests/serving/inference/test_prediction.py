@@ -60,6 +60,9 @@ def rows(n: int, seed: int = 3) -> list[Row]:
     return [make_row(c) for c in cars(n, seed)]
 
 
+WHO: dict[str, str] = {"request_id": "test", "api_version": "v1", "caller": "tester"}
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
@@ -70,13 +73,13 @@ def test_only_the_misses_go_to_the_model_in_one_call(registry: ServingRegistry) 
     batch = rows(30)
 
     async def scenario() -> None:
-        first = await service.predict(batch[:10])
+        first = await service.predict(batch[:10], **WHO)
         assert first.cached == [False] * 10
-        second = await service.predict(batch)
+        second = await service.predict(batch, **WHO)
         assert second.cached == [True] * 10 + [False] * 20
         assert second.prices[:10] == first.prices
         assert model.seen == [10, 20]
-        third = await service.predict(batch)
+        third = await service.predict(batch, **WHO)
         assert all(third.cached)
         assert third.prices == second.prices
         assert model.seen == [10, 20]
@@ -92,9 +95,9 @@ def test_a_new_model_version_never_answers_from_the_old_versions_cache(
     batch = rows(5)
 
     async def scenario() -> None:
-        await service.predict(batch)
+        await service.predict(batch, **WHO)
         service.models._production = new.loaded()  # as the poller swaps
-        result = await service.predict(batch)
+        result = await service.predict(batch, **WHO)
         assert result.model_version == "2"
         assert result.cached == [False] * 5
         assert result.prices == [42.0] * 5
@@ -105,9 +108,9 @@ def test_a_new_model_version_never_answers_from_the_old_versions_cache(
 def test_batch_limits(registry: ServingRegistry) -> None:
     service = service_with(Model("1"), registry, batch_max=3)
     with pytest.raises(InvalidFeatures, match="at least one"):
-        run(service.predict([]))
+        run(service.predict([], **WHO))
     with pytest.raises(InvalidFeatures, match="at most 3"):
-        run(service.predict(rows(4)))
+        run(service.predict(rows(4), **WHO))
 
 
 @pytest.mark.parametrize("prices", [[float("nan")], [-5.0], [0.0], [1.0, 2.0]])
@@ -116,11 +119,11 @@ def test_a_model_that_returns_no_usable_price_is_a_prediction_failure(
 ) -> None:
     service = service_with(Model("1", prices=prices), registry)
     with pytest.raises(PredictionFailed):
-        run(service.predict(rows(1)))
+        run(service.predict(rows(1), **WHO))
 
 
 def test_no_production_model_is_not_ready(registry: ServingRegistry) -> None:
     service = service_with(Model("1"), registry)
     service.models._production = None
     with pytest.raises(ModelNotReady):
-        run(service.predict(rows(1)))
+        run(service.predict(rows(1), **WHO))

@@ -1,0 +1,194 @@
+"""The prediction log's queue and writer against real SQLite and PostgreSQL, and a database that
+goes away: a TCP proxy in front of the real PostgreSQL that can swallow connections (accepts,
+never answers) and later pass them on again."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving.inference.features import make_row
+from serving.monitoring.prediction_log import PredictionLog
+from serving.store import predictions
+from serving.store.database import create_db_engine, upgrade
+from serving.store.predictions import Window
+from tests.serving.auth_support import postgres_database
+
+CAR = make_row(
+    {
+        "brand": "Toyota",
+        "model": "Corolla",
+        "fuel_type": "Petrol",
+        "transmission": "Manual",
+        "seller_type": "Dealer",
+        "year": 2019,
+        "km_driven": 42000,
+        "doors": 4,
+        "torque_nm": 140.5,
+    }
+)
+
+
+def record(log: PredictionLog, request_id: str, n: int = 1, api_version: str = "v1") -> bool:
+    return log.record(
+        request_id=request_id,
+        api_version=api_version,
+        caller="key:7",
+        model_name="car-price",
+        model_version="3",
+        rows=[CAR] * n,
+        prices=[1000.0 + i for i in range(n)],
+        cached=[i % 2 == 0 for i in range(n)],
+    )
+
+
+def wait_for(condition: object, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/log.db"
+    else:
+        with postgres_database() as pg:
+            yield pg
+
+
+def test_every_car_is_written_with_its_request(url: str) -> None:
+    engine = create_db_engine(url, timeout=5)
+    log = PredictionLog(engine, queue_max=10_000, batch_rows=500, flush_interval=0.05, migrate=True)
+    log.start()
+    try:
+        assert record(log, "one")
+        assert record(log, "batch", n=1000, api_version="v2")
+        assert log.close(timeout=30)
+        df = predictions.window(engine, Window())
+    finally:
+        engine.dispose()
+    assert len(df) == 1001
+    assert log.written == 1001
+    one = df[df.request_id == "one"].iloc[0]
+    assert (one.row, one.api_version, one.caller, one.model_version) == (0, "v1", "key:7", "3")
+    assert (one.year, one.km_driven, one.torque_nm, one.price, one.cached) == (
+        2019,
+        42000,
+        140.5,
+        1000.0,
+        True,
+    )
+    assert one.body_type is pd_na()
+    batch = df[df.request_id == "batch"]
+    assert batch.row.tolist() == list(range(1000))
+    assert set(batch.api_version) == {"v2"}
+    assert batch.price.tolist()[999] == 1999.0
+
+
+def pd_na() -> object:
+    import pandas as pd
+
+    return pd.NA
+
+
+def test_a_full_queue_drops_and_counts_never_blocks(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    upgrade(url)
+    engine = create_db_engine(url)
+    log = PredictionLog(engine, queue_max=10, batch_rows=5, flush_interval=0.05)
+    # Not started: nothing drains the queue.
+    assert record(log, "a", n=6)
+    assert record(log, "b", n=4)
+    started = time.perf_counter()
+    assert not record(log, "c", n=1)
+    assert not record(log, "d", n=3)
+    assert time.perf_counter() - started < 0.05
+    assert (log.depth, log.dropped) == (10, 4)
+    log.start()
+    assert log.close(timeout=10)
+    assert sorted(set(predictions.window(engine, Window()).request_id)) == ["a", "b"]
+    engine.dispose()
+
+
+class SwitchableProxy:
+    """A TCP proxy to ``target``: ``up`` passes connections on; ``down`` accepts them and never
+    answers (a database that hangs), the worst case for a client."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.up = False
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.up:
+                self._held.append(client)  # accepted, never answered
+                continue
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self._closed = True
+        self.server.close()
+        for s in self._held:
+            s.close()
+
+
+@pytest.mark.postgres
+def test_an_unreachable_database_costs_requests_nothing_and_logging_resumes() -> None:
+    with postgres_database() as pg:
+        upgrade(pg)
+        proxy = SwitchableProxy(("127.0.0.1", 5432))
+        url = pg.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        engine = create_db_engine(url, timeout=1)
+        log = PredictionLog(engine, queue_max=50, batch_rows=10, flush_interval=0.05)
+        log.start()
+        try:
+            worst = 0.0
+            for i in range(80):  # the database hangs: every record() returns at once
+                started = time.perf_counter()
+                record(log, f"down-{i}")
+                worst = max(worst, time.perf_counter() - started)
+            assert worst < 0.05  # a lock and a deque append (plus the first warning line)
+            wait_for(lambda: log.write_errors >= 1)
+            assert log.dropped == 30  # 50 queued, the rest dropped and counted
+            proxy.up = True  # the database is back: the queued cars go in by themselves
+            wait_for(lambda: log.written == 50, timeout=30)
+            assert record(log, "after")
+            assert log.close(timeout=10)
+            logged = set(predictions.window(engine, Window()).request_id)
+        finally:
+            engine.dispose()
+            proxy.close()
+    assert logged == {f"down-{i}" for i in range(50)} | {"after"}
