@@ -79,6 +79,31 @@ class InvalidJson(InvalidFeatures):
         super().__init__(message, details)
 
 
+class InvalidRequest(InvalidFeatures):
+    """JSON that does not match the request schema (``details`` names the fields)."""
+
+    code = "invalid_request"
+
+
+class LimitExceeded(InvalidFeatures):
+    """JSON whose shape passes a limit (nesting depth, keys in an object, items in an array,
+    length of a string); the message names the limit and its setting."""
+
+    code = "limit_exceeded"
+
+
+class PayloadTooLarge(ServingError):  # noqa: N818 - named for what happened
+    """A body larger than a size limit: its bytes, or the number of values it holds."""
+
+    code = "payload_too_large"
+
+
+class ClientDisconnected(ServingError):  # noqa: N818 - named for what happened
+    """The client went away before its request was read: nobody to answer, not a fault."""
+
+    code = "client_disconnected"
+
+
 class UnsupportedRequest(ServingError):  # noqa: N818 - named for what happened
     """A well-formed request for something this server does not do (e.g. binary tensors)."""
 
@@ -140,11 +165,16 @@ def validation_details(errors: Sequence[Any]) -> list[dict[str, Any]]:
 
 
 def invalid_features_from(
-    errors: Sequence[Any], prefix: tuple[str | int, ...] = ()
+    errors: Sequence[Any],
+    prefix: tuple[str | int, ...] = (),
+    kind: type[InvalidFeatures] = InvalidFeatures,
 ) -> InvalidFeatures:
-    """An :class:`InvalidFeatures` from pydantic errors (``prefix`` is prepended to locations)."""
+    """A ``kind`` error from pydantic errors (``prefix`` is prepended to locations); pydantic's
+    ``json_invalid`` makes it :class:`InvalidJson`."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return InvalidJson("the body is not valid JSON")
     fixed = [{**e, "loc": (*prefix, *e.get("loc", ()))} for e in errors]
-    return InvalidFeatures(validation_message(fixed), validation_details(fixed))
+    return kind(validation_message(fixed), validation_details(fixed))
 
 
 def validation_message(errors: Sequence[Any]) -> str:

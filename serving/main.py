@@ -19,6 +19,8 @@ from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
 from starlette.types import ASGIApp
 
+from serving.api import openapi
+from serving.api.bodies import JsonLimits
 from serving.api.errors import install_error_handlers
 from serving.api.fastlane import FastLane
 from serving.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
@@ -137,6 +139,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # On the app, not as a dependency override: FastAPI re-inspects every dependency of every
     # request while any override is set (~1 ms a request).
     app.state.settings = settings
+    app.state.json_limits = JsonLimits.from_settings(settings)
     install_error_handlers(app)
     install(app, settings)  # CORS, rate-limit headers, 401/403/429 mapping
     app.include_router(auth.router)
@@ -155,6 +158,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 class CarpriceAPI(FastAPI):
     """FastAPI with the fast lane (:mod:`serving.api.fastlane`) in front of its whole stack,
     FastAPI's own outer middleware included: the common /v1 prediction skips all of it."""
+
+    def openapi(self) -> dict[str, Any]:
+        """The generated document, completed by :func:`serving.api.openapi.finish`."""
+        if self.openapi_schema is None:
+            settings: Settings = self.state.settings
+            self.openapi_schema = openapi.finish(super().openapi(), settings.batch_max)
+        return self.openapi_schema
 
     def build_middleware_stack(self) -> ASGIApp:
         settings: Settings = self.state.settings

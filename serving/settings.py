@@ -72,6 +72,15 @@ class Settings(BaseSettings):
     """Most cars in one /v1/predict/batch or /v2 infer request."""
     max_body_bytes: int = Field(1_048_576, ge=1024)
     """Largest accepted request body (413 above it)."""
+    max_json_values: int = Field(50_000, ge=100)
+    """Most values and keys in one JSON body, counted from its commas and colons before it is
+    parsed (413 above it). A full 1,000-car batch holds ~32,000."""
+    max_json_depth: int = Field(32, ge=4, le=1000)
+    """Deepest nesting of a JSON body (422 ``limit_exceeded`` below it)."""
+    max_json_keys: int = Field(64, ge=16)
+    """Most keys in one JSON object (a car has 16)."""
+    max_json_string: int = Field(1024, ge=256)
+    """Longest string (or key) in a JSON body, in characters."""
 
     # --- cache ---
     cache_url: str | None = None

@@ -9,11 +9,21 @@ resources themselves are created in the app's lifespan and kept on ``app.state``
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
+from pydantic import TypeAdapter, ValidationError
+from starlette.requests import ClientDisconnect
 
-from serving.errors import ModelNotFound, UnsupportedMediaType
+from serving.api.bodies import JsonLimits, check_json
+from serving.errors import (
+    ClientDisconnected,
+    InvalidRequest,
+    ModelNotFound,
+    UnsupportedMediaType,
+    invalid_features_from,
+)
 from serving.inference.cache import PredictionCache
 from serving.inference.model_store import ModelStore
 from serving.inference.prediction import PredictionService
@@ -88,7 +98,42 @@ async def require_json(request: Request) -> None:
 
 async def raw_body(request: Request) -> bytes:
     """The request body as bytes, whatever its Content-Type (the size limit applies)."""
-    return await request.body()
+    try:
+        return await request.body()
+    except ClientDisconnect:
+        raise ClientDisconnected("the client disconnected before sending the whole body") from None
 
 
 RawBody = Annotated[bytes, Depends(raw_body)]
+
+
+async def json_body(request: Request, body: RawBody) -> bytes:
+    """The body, JSON within the limits of :mod:`serving.api.bodies` (413 / 422).
+
+    A route's own dependencies run after its router's, so on a protected route the body is
+    read only once the caller is authenticated and counted against the rate limit.
+    """
+    limits: JsonLimits = request.app.state.json_limits
+    check_json(body, limits)
+    return body
+
+
+JsonBody = Annotated[bytes, Depends(json_body)]
+"""The raw bytes of a JSON body within the limits; the route's schema validates them."""
+
+
+def json_model(tp: Any) -> Callable[..., Awaitable[Any]]:
+    """A dependency giving the body validated as ``tp`` (a model, or any type pydantic
+    validates), after the route's other checks; document it with
+    :func:`serving.api.openapi.json_body`."""
+    adapter: TypeAdapter[Any] = TypeAdapter(tp)
+
+    async def dependency(body: JsonBody) -> Any:
+        try:
+            return adapter.validate_json(body)
+        except ValidationError as exc:
+            errors = exc.errors(include_input=False)
+            raise invalid_features_from(errors, ("body",), InvalidRequest) from None
+
+    dependency.__name__ = "json_model_body"
+    return dependency

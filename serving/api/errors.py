@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from serving.errors import (
+    ClientDisconnected,
     FeedbackExists,
     InvalidFeatures,
     InvalidFeedback,
@@ -28,6 +29,7 @@ from serving.errors import (
     ModelNotFound,
     ModelNotReady,
     ModelUnservable,
+    PayloadTooLarge,
     PredictionFailed,
     PredictionLogUnavailable,
     RegistryUnavailable,
@@ -42,12 +44,18 @@ from serving.errors import (
 
 log = logging.getLogger(__name__)
 
+CLIENT_CLOSED_REQUEST = 499
+"""The status logged (and counted) for a request whose client went away before it was read
+(nginx's convention); nobody receives it."""
+
 _STATUS: dict[type[ServingError], int] = {
     ModelNotReady: 503,
     ModelNotFound: 404,
     ModelUnservable: 409,
     RegistryUnavailable: 503,
     InvalidFeatures: 422,
+    PayloadTooLarge: 413,
+    ClientDisconnected: CLIENT_CLOSED_REQUEST,
     UnsupportedRequest: 400,
     UnsupportedMediaType: 415,
     PredictionFailed: 500,

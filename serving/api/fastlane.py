@@ -5,23 +5,23 @@ the answer. Through the full stack it cost ~1 ms of CPU, most of it machinery (F
 dependency solving, route matching over every route, nine middleware layers each wrapping
 ``send``, the instrumentator matching the route a second time), which capped a cached
 ``/v1/predict`` at 30 % of a bare FastAPI endpoint. This layer sits in front of that whole stack
-(:class:`serving.main.CarpriceAPI`) and serves the common request itself, doing the same work
-in the same order:
+(:class:`serving.main.CarpriceAPI`) and serves the common request itself, running the same
+checks as the stack (the same functions) in the same order:
 
-request id -> body (declared JSON, ``Content-Length`` within the limit) -> validation (the same
-pydantic ``Car``, parsed straight from the bytes, after a stricter and cheaper twin,
-``StrictCar``, that accepts the usual body) -> credentials (``X-API-Key`` or a bearer
-token) and the predict role -> rate limit ->
-:class:`~serving.inference.prediction.PredictionService` ->
-the same response body and headers -> the same HTTP metrics and access-log line.
+request id -> credentials (``X-API-Key`` or a bearer token: :func:`~serving.api.security.admit`,
+401) -> rate limit (429) -> the predict role (403) -> body (:func:`~serving.api.bodies.read_body`;
+a client gone mid-body is logged as 499) -> JSON limits (:func:`~serving.api.bodies.check_json`,
+413/422) -> validation (:func:`~serving.api.schemas.v1.parse_car` / ``parse_cars``, 422) ->
+:class:`~serving.inference.prediction.PredictionService` -> the same response body and headers
+-> the same HTTP metrics and access-log line. Nothing about the body is looked at before the
+caller has proven who it is and been counted.
 
-A request it is not sure of goes to the FastAPI app untouched, with its body replayed, so that
-every error the API can answer comes from the one reference implementation: another path or
-method, a body that does not validate, absent or bad credentials, a caller without the role, a
-CORS request (``Origin``), a non-JSON ``Content-Type``, a body without ``Content-Length`` or over
-the limit, dependency overrides (tests), or ``CARPRICE_FAST_LANE=false``. Nothing is counted or
-cached before a request is handed over. What the lane answers itself: successes, 429 (after
-counting, as the stack does) and the prediction service's domain errors (same mapping).
+A request whose *headers* it is not sure of goes to the FastAPI app untouched, before anything
+is read or counted: another path or method, no credentials header, a CORS request
+(``Origin``), a non-JSON ``Content-Type``, a ``Content-Encoding``, a body without
+``Content-Length`` or over the limit, a repeated credential or body header, dependency
+overrides (tests), or ``CARPRICE_FAST_LANE=false``. Once it has taken a request it answers it,
+errors included, with the stack's own error mapping.
 
 ``tests/serving/api/test_fastlane.py`` sends the same requests through both and compares.
 """
@@ -35,28 +35,26 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI
 from fastapi.security.utils import get_authorization_scheme_param
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.access.principals import AccessError, Principal, Role
-from serving.access.ratelimit import RateLimited
+from serving.access.principals import AccessError, Role
+from serving.access.ratelimit import RateLimited, RateState
+from serving.api.bodies import JsonLimits, check_json, read_body
 from serving.api.errors import error_response, serving_error_response
 from serving.api.middleware import REQUEST_ID_HEADER, log_access
-from serving.api.schemas.v1 import BatchPricePrediction, Car, PricePrediction, StrictCar
-from serving.api.security import AccessControl, handle_access_error, verify_credentials
+from serving.api.schemas.v1 import BatchPricePrediction, PricePrediction, parse_car, parse_cars
+from serving.api.security import AccessControl, admit, check_role, handle_access_error
 from serving.errors import ServingError
-from serving.inference.features import Row, make_row
+from serving.inference.features import Row
 from serving.inference.prediction import Prediction, PredictionService
 from serving.monitoring import request_context
 from serving.monitoring.metrics import FAST_LANE, observe_http
 
 log = logging.getLogger(__name__)
 
-_STRICT_CAR = TypeAdapter(StrictCar)
-_STRICT_CARS = TypeAdapter(list[StrictCar])
-_CARS = TypeAdapter(list[Car])
 _SERVED = FAST_LANE.labels("served")
 _HANDED_OVER = FAST_LANE.labels("handed_over")
 _JSON = (b"application/json", b"")  # an absent Content-Type is taken as JSON, as the stack does
@@ -64,17 +62,7 @@ _ONCE = frozenset((b"content-type", b"content-length", b"x-api-key", b"authoriza
 
 
 def _one(body: bytes) -> list[Row]:
-    try:
-        return [make_row(_STRICT_CAR.validate_json(body))]
-    except ValueError:  # maybe only lax (2019.0 for an integer): Car is the judge
-        return [Car.model_validate_json(body).to_row()]
-
-
-def _many(body: bytes) -> list[Row]:
-    try:
-        return [make_row(car) for car in _STRICT_CARS.validate_json(body)]
-    except ValueError:
-        return [car.to_row() for car in _CARS.validate_json(body)]
+    return [parse_car(body)]
 
 
 def _priced_one(result: Prediction, request_id: str) -> BaseModel:
@@ -104,7 +92,7 @@ class _Route:
 
 ROUTES: dict[str, _Route] = {
     "/v1/predict": _Route(_one, _priced_one),
-    "/v1/predict/batch": _Route(_many, _priced_many),
+    "/v1/predict/batch": _Route(parse_cars, _priced_many),
 }
 """The paths the lane serves (each is also a FastAPI route, which documents it)."""
 
@@ -139,7 +127,7 @@ def _scan(raw: Sequence[tuple[bytes, bytes]]) -> _Headers:
             out.authorization = value.decode("latin-1")
         elif name == b"x-request-id":
             out.request_id = out.request_id or value.decode("latin-1")
-        elif name in (b"origin", b"transfer-encoding"):
+        elif name in (b"origin", b"transfer-encoding", b"content-encoding"):
             out.takeable = False
     return out
 
@@ -179,115 +167,88 @@ class FastLane:
             _HANDED_OVER.inc()
 
     async def _take(self, scope: Scope, receive: Receive, send: Send, route: _Route) -> bool:
-        """Answer the request, or hand it to the stack and return False."""
+        """Answer the request, or hand it to the stack (untouched) and return False."""
         started = time.perf_counter()
         headers = _scan(scope["headers"])
         declared = headers.content_length
+        state = self.fastapi_app.state
+        access: AccessControl | None = getattr(state, "access", None)
+        service: PredictionService | None = getattr(state, "predictions", None)
         if (
             not headers.takeable
             or headers.content_type not in _JSON
             or declared is None
             or declared > self.max_body
             or (headers.api_key is None and headers.authorization is None)
+            or access is None  # not started: the stack says why
+            or service is None
         ):
             await self.app(scope, receive, send)
             return False
-        body = await _read_body(receive)
-        if body is None:
-            return True  # the client went away: nobody to answer
-        replay = _replaying(body, receive)
-        state = self.fastapi_app.state
-        access: AccessControl | None = getattr(state, "access", None)
-        service: PredictionService | None = getattr(state, "predictions", None)
-        if access is None or service is None:  # not started: the stack says why
-            await self.app(scope, replay, send)
-            return False
-        try:
-            rows = route.parse(body)
-        except ValueError:  # pydantic's ValidationError, bad UTF-8: the stack words the 422
-            await self.app(scope, replay, send)
-            return False
-        principal = await self._principal(access, headers)
-        if principal is None:
-            await self.app(scope, replay, send)
-            return False
         _SERVED.inc()
-        await self._answer(scope, send, route, rows, principal, access, service, headers, started)
-        return True
-
-    async def _principal(self, access: AccessControl, headers: _Headers) -> Principal | None:
-        """The caller if the credentials are good and allow predicting, else None."""
-        token = None
-        if headers.api_key is None and headers.authorization is not None:
-            scheme, token = get_authorization_scheme_param(headers.authorization)
-            if scheme.lower() != "bearer" or not token:
-                return None
-        try:
-            principal = await verify_credentials(access, token, headers.api_key)
-        except AccessError:
-            return None
-        except Exception:  # the stack checks again and answers in its error shape
-            log.exception("credential check failed in the fast lane")
-            return None
-        return principal if principal.has(Role.PREDICT) else None
-
-    async def _answer(
-        self,
-        scope: Scope,
-        send: Send,
-        route: _Route,
-        rows: list[Row],
-        principal: Principal,
-        access: AccessControl,
-        service: PredictionService,
-        headers: _Headers,
-        started: float,
-    ) -> None:
+        limits: JsonLimits = state.json_limits
         ctx = request_context.RequestContext(request_context.request_id_from(headers.request_id))
         token = request_context.activate(ctx)
         status, sent = 500, 0
         try:
-            response = await self._respond(scope, route, rows, principal, access, service, ctx)
+            response = await self._respond(
+                scope, receive, route, access, service, limits, headers, ctx
+            )
             status = response.status_code
             sent = await _send(send, response, ctx.request_id)
         finally:
             duration = time.perf_counter() - started
             group = f"{str(status)[0]}xx"
-            observe_http("POST", scope["path"], group, headers.content_length or 0, sent, duration)
+            observe_http("POST", scope["path"], group, declared, sent, duration)
             log_access(scope, ctx, status, started, sent)
             request_context.deactivate(token)
+        return True
 
     async def _respond(
         self,
         scope: Scope,
+        receive: Receive,
         route: _Route,
-        rows: list[Row],
-        principal: Principal,
         access: AccessControl,
         service: PredictionService,
+        limits: JsonLimits,
+        headers: _Headers,
         ctx: request_context.RequestContext,
     ) -> Response:
+        """The stack's checks in the stack's order (see the module docstring)."""
+        rate: RateState | None = None
+        response: Response
         try:
-            rate = await access.limiter.hit(principal.limit_key, access.request_rate)
+            token = None
+            if headers.api_key is None and headers.authorization is not None:
+                scheme, param = get_authorization_scheme_param(headers.authorization)
+                token = param if scheme.lower() == "bearer" else None
+            principal, rate = await admit(access, token, headers.api_key, presented=True)
             if not rate.allowed:
-                return await handle_access_error(Request(scope), RateLimited(rate))
-            response: Response
-            try:
-                result = await service.predict(
-                    rows, request_id=ctx.request_id, api_version="v1", caller=principal.caller
-                )
-            except ServingError as exc:
-                response = serving_error_response(exc)
-            else:
-                answer = route.answer(result, ctx.request_id)
-                response = _json(answer.__pydantic_serializer__.to_json(answer))
-            for name, value in rate.headers().items():
-                if name not in response.headers:
-                    response.headers.append(name, value)
-            return response
+                raise RateLimited(rate)
+            check_role(principal, Role.PREDICT)
+            body = await read_body(receive)
+            check_json(body, limits)
+            result = await service.predict(
+                route.parse(body),
+                request_id=ctx.request_id,
+                api_version="v1",
+                caller=principal.caller,
+            )
+            answer = route.answer(result, ctx.request_id)
+            response = _json(answer.__pydantic_serializer__.to_json(answer))
+        except AccessError as exc:
+            response = await handle_access_error(Request(scope), exc)
+        except ServingError as exc:
+            response = serving_error_response(exc)
         except Exception:
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             return error_response(500, "internal_error", "internal server error")
+        if rate is not None:
+            for name, value in rate.headers().items():
+                if name not in response.headers:
+                    response.headers.append(name, value)
+        return response
 
 
 def _json(body: bytes) -> Response:
@@ -306,29 +267,3 @@ async def _send(send: Send, response: Response, request_id: str) -> int:
     )
     await send({"type": "http.response.body", "body": response.body})
     return len(response.body)
-
-
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client disconnected first."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replaying(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives ``body`` first, then whatever the client sends next."""
-    pending = True
-
-    async def replay() -> Message:
-        nonlocal pending
-        if pending:
-            pending = False
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

@@ -6,7 +6,9 @@
   unexpected exception into a logged 500 with the error body shape.
 * :class:`BodySizeLimitMiddleware` answers 413 to a body over the limit: at once when
   ``Content-Length`` says so, else as soon as the bytes received pass it (chunked uploads, or
-  a client that sends no length), without reading the rest.
+  a client that sends no length), without reading the rest; and 415 at once to a
+  ``Content-Encoding`` (the server decodes none: a gzip body would otherwise be read as
+  JSON). Both look at headers only, so they come before authentication and cost nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.api.errors import error_response
+from serving.errors import short_text
 from serving.monitoring import request_context
 
 log = logging.getLogger(__name__)
@@ -111,7 +114,8 @@ class BodyTooLarge(HTTPException):
 
 
 class BodySizeLimitMiddleware:
-    """413 for request bodies over ``limit()`` bytes, with or without ``Content-Length``."""
+    """413 for request bodies over ``limit()`` bytes, with or without ``Content-Length``;
+    415 for an encoded body."""
 
     def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
         self.app = app
@@ -122,7 +126,12 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.limit()
-        declared = Headers(scope=scope).get("content-length")
+        headers = Headers(scope=scope)
+        encoding = headers.get("content-encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            await _unsupported_encoding(encoding)(scope, receive, send)
+            return
+        declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             await _too_large(limit)(scope, receive, send)
             return
@@ -151,6 +160,15 @@ class BodySizeLimitMiddleware:
             if started:
                 raise
             await _too_large(limit)(scope, receive, send)
+
+
+def _unsupported_encoding(encoding: str) -> ASGIApp:
+    return error_response(
+        415,
+        "unsupported_media_type",
+        f"Content-Encoding {short_text(encoding)[:40]!r} is not supported: send the body "
+        "uncompressed",
+    )
 
 
 def _too_large(limit: int) -> ASGIApp:

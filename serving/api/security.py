@@ -13,7 +13,9 @@ Wiring:
   ``serving.api.routers.admin.router`` (``/v1/admin/...``).
 
 Order of checks on a protected route: authenticate (401) -> rate limit per principal (429) ->
-role (403). Credentials: ``X-API-Key`` if present, else ``Authorization: Bearer <jwt>``.
+role (403) -> only then the body is read and parsed (:mod:`serving.api.bodies`). The fast lane
+runs the same functions (:func:`admit`, :func:`check_role`) in the same order. Credentials:
+``X-API-Key`` if present, else ``Authorization: Bearer <jwt>``.
 """
 
 from __future__ import annotations
@@ -181,14 +183,31 @@ AccessDep = Annotated[AccessControl, Depends(get_access)]
 
 
 async def authenticate(
-    request: Request, access: AccessControl, token: str | None, api_key: str | None
+    access: AccessControl, token: str | None, api_key: str | None, *, presented: bool
 ) -> Principal:
-    """The caller, from ``X-API-Key`` or a bearer token (raises ``NotAuthenticated``)."""
+    """The caller, from ``X-API-Key`` or a bearer token (raises ``NotAuthenticated``);
+    ``presented``: whether either header was sent (an unusable one is still a 401)."""
     if api_key is None and not token:
-        if API_KEY_HEADER in request.headers or "authorization" in request.headers:
+        if presented:
             raise NotAuthenticated("unusable credentials header")
         raise NotAuthenticated("no credentials", presented=False)
     return await verify_credentials(access, token, api_key)
+
+
+async def admit(
+    access: AccessControl, token: str | None, api_key: str | None, *, presented: bool
+) -> tuple[Principal, RateState]:
+    """Authenticate, then count the request against the caller's rate limit: the first two
+    checks of every protected request, before its body is read (the role comes next, with
+    :func:`check_role`). Raises ``NotAuthenticated``; a spent limit is ``not state.allowed``."""
+    principal = await authenticate(access, token, api_key, presented=presented)
+    return principal, await access.limiter.hit(principal.limit_key, access.request_rate)
+
+
+def check_role(principal: Principal, role: Role) -> None:
+    """Raise ``Forbidden`` unless ``principal`` has ``role``."""
+    if not principal.has(role):
+        raise Forbidden(principal, role)
 
 
 async def verify_credentials(
@@ -217,9 +236,9 @@ async def _principal(request: Request, token: str | None, api_key: str | None) -
     known: Principal | None = getattr(request.state, "principal", None)
     if known is not None:
         return known
-    access = access_of(request)
-    principal = await authenticate(request, access, token, api_key)
-    _count(request, await access.limiter.hit(principal.limit_key, access.request_rate))
+    presented = API_KEY_HEADER in request.headers or "authorization" in request.headers
+    principal, state = await admit(access_of(request), token, api_key, presented=presented)
+    _count(request, state)
     request.state.principal = principal
     return principal
 
@@ -249,8 +268,7 @@ def require_role(role: Role) -> Callable[..., Awaitable[Principal]]:
 
     async def dependency(request: Request, token: TokenDep, api_key: ApiKeyDep) -> Principal:
         principal = await _principal(request, token, api_key)
-        if not principal.has(role):
-            raise Forbidden(principal, role)
+        check_role(principal, role)
         return principal
 
     dependency.__name__ = f"require_{role.value}_role"

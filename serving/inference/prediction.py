@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from serving.errors import InvalidFeatures, PredictionFailed
+from serving.errors import InvalidFeatures, LimitExceeded, PredictionFailed
 from serving.inference.batching import MicroBatcher
 from serving.inference.cache import PredictionCache
 from serving.inference.features import Row
@@ -67,15 +67,16 @@ class PredictionService:
         for the prediction log (never waited for) before it is returned.
 
         Raises:
-            InvalidFeatures: no rows, or more than ``batch_max``.
+            InvalidFeatures: no rows; ``LimitExceeded``: more than ``batch_max``.
             ModelNotReady, ModelNotFound, ModelUnservable, RegistryUnavailable: from the store.
             PredictionFailed: the model returned something that is not a price.
         """
         if not rows:
             raise InvalidFeatures("send at least one car")
         if len(rows) > self.batch_max:
-            raise InvalidFeatures(
-                f"{len(rows)} cars in one request; at most {self.batch_max} are accepted"
+            raise LimitExceeded(
+                f"{len(rows)} cars in one request; at most {self.batch_max} are accepted "
+                "(CARPRICE_BATCH_MAX)"
             )
         model = await self.models.get(version)
         request_context.note_model_version(model.version)

@@ -24,6 +24,8 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from serving.access.principals import Role
+from serving.api.bodies import JsonLimits
+from serving.api.errors import install_error_handlers
 from serving.api.routers import admin as admin_router
 from serving.api.routers import auth as auth_router
 from serving.api.security import (
@@ -122,6 +124,8 @@ def build_app(settings: Settings) -> FastAPI:
             await close_auth(app.state)
 
     app = FastAPI(lifespan=lifespan)
+    app.state.json_limits = JsonLimits.from_settings(settings)
+    install_error_handlers(app)
     install(app, settings)
     app.include_router(auth_router.router)
     app.include_router(admin_router.router)

@@ -10,10 +10,12 @@ import anyio
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
-from serving.access.accounts import KeyInfo, UserInfo
-from serving.access.passwords import MAX_LENGTH, PasswordPolicyError
+from serving.access.accounts import USERNAME_PATTERN, KeyInfo, UserInfo
+from serving.access.passwords import MAX_LENGTH, MIN_LENGTH, PasswordPolicyError
 from serving.access.principals import Role, UnknownApiKey, UnknownUser, UserExists
-from serving.api.deps import ModelsDep
+from serving.api.deps import ModelsDep, json_model
+from serving.api.openapi import json_body
+from serving.api.schemas.errors import BODY, PROTECTED, error_responses
 from serving.api.security import AccessDep, AdminPrincipal, require_role
 
 T = TypeVar("T")
@@ -22,7 +24,7 @@ router = APIRouter(
     prefix="/v1/admin",
     tags=["admin"],
     dependencies=[Depends(require_role(Role.ADMIN))],
-    responses={401: {"description": "Not authenticated"}, 403: {"description": "Not an admin"}},
+    responses=error_responses(*PROTECTED),
 )
 
 
@@ -57,8 +59,8 @@ class UserOut(BaseModel):
 class NewUser(BaseModel):
     """A user to create."""
 
-    username: str = Field(min_length=1, max_length=64)
-    password: str = Field(min_length=1, max_length=MAX_LENGTH)
+    username: str = Field(min_length=1, max_length=64, pattern=f"^{USERNAME_PATTERN.pattern}$")
+    password: str = Field(min_length=MIN_LENGTH, max_length=MAX_LENGTH)
     role: Role = Role.PREDICT
 
 
@@ -99,7 +101,11 @@ class CreatedKey(KeyOut):
     key: str
 
 
-@router.post("/reload", response_model=ReloadResult)
+NewUserBody = Annotated[NewUser, Depends(json_model(NewUser))]
+NewKeyBody = Annotated[NewKeyRequest, Depends(json_model(NewKeyRequest))]
+
+
+@router.post("/reload", response_model=ReloadResult, responses=error_responses(503))
 async def reload_model(models: ModelsDep) -> ReloadResult:
     """Re-resolve the production alias now instead of waiting for the next poll."""
     changed = await models.refresh()
@@ -117,8 +123,14 @@ async def list_users(access: AccessDep) -> list[UserOut]:
     return [UserOut.of(u) for u in await _run(access.accounts.list_users)]
 
 
-@router.post("/users", response_model=UserOut, status_code=status.HTTP_201_CREATED)
-async def create_user(body: NewUser, access: AccessDep) -> UserOut:
+@router.post(
+    "/users",
+    response_model=UserOut,
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(*BODY, 409),
+    openapi_extra=json_body(NewUser),
+)
+async def create_user(body: NewUserBody, access: AccessDep) -> UserOut:
     """Create a user with a password and a role."""
     try:
         user = await _run(access.accounts.create_user, body.username, body.password, body.role)
@@ -129,7 +141,11 @@ async def create_user(body: NewUser, access: AccessDep) -> UserOut:
     return UserOut.of(user)
 
 
-@router.delete("/users/{username}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/users/{username}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404, 409, 422),
+)
 async def delete_user(username: str, access: AccessDep, admin: AdminPrincipal) -> None:
     """Delete a user and their API keys; their tokens stop working."""
     if username == admin.username:
@@ -151,8 +167,14 @@ async def list_keys(
     return [KeyOut.of(k) for k in await _run(access.accounts.list_keys, username)]
 
 
-@router.post("/keys", response_model=CreatedKey, status_code=status.HTTP_201_CREATED)
-async def create_key(body: NewKeyRequest, access: AccessDep) -> CreatedKey:
+@router.post(
+    "/keys",
+    response_model=CreatedKey,
+    status_code=status.HTTP_201_CREATED,
+    responses=error_responses(*BODY, 404),
+    openapi_extra=json_body(NewKeyRequest),
+)
+async def create_key(body: NewKeyBody, access: AccessDep) -> CreatedKey:
     """Create an API key for a user; the key is in this response only."""
     try:
         new = await _run(access.accounts.create_key, body.username, body.name)
@@ -161,7 +183,7 @@ async def create_key(body: NewKeyRequest, access: AccessDep) -> CreatedKey:
     return CreatedKey(**KeyOut.of(new.info).model_dump(), key=new.key)
 
 
-@router.delete("/keys/{key_id}", response_model=KeyOut)
+@router.delete("/keys/{key_id}", response_model=KeyOut, responses=error_responses(404, 422))
 async def revoke_key(key_id: int, access: AccessDep) -> KeyOut:
     """Revoke an API key (all workers refuse it within ``api_key_cache_ttl`` seconds)."""
     try:

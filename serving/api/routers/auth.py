@@ -9,6 +9,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
 from serving.access.principals import Role
+from serving.api.schemas.errors import error_responses
 from serving.api.security import AccessDep, PrincipalDep, limit_login
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
@@ -35,10 +36,7 @@ class Me(BaseModel):
     "/token",
     response_model=TokenResponse,
     dependencies=[Depends(limit_login)],
-    responses={
-        401: {"description": "Bad user name or password"},
-        429: {"description": "Too many attempts"},
-    },
+    responses=error_responses(400, 401, 413, 415, 422, 429, 503),
 )
 async def issue_token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
@@ -53,7 +51,7 @@ async def issue_token(
     return TokenResponse(access_token=issued.access_token, expires_in=issued.expires_in)
 
 
-@router.get("/me", response_model=Me)
+@router.get("/me", response_model=Me, responses=error_responses(401, 429, 503))
 async def who_am_i(principal: PrincipalDep) -> Me:
     """The user behind the presented token or API key, and their role."""
     return Me(username=principal.username, role=principal.role, via=principal.via)

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter, Depends
 
 from serving.access.principals import Role
 from serving.api.deps import (
     FeedbackServiceDep,
+    JsonBody,
     ModelsDep,
     PredictionServiceDep,
     RequestIdDep,
+    json_model,
     require_json,
 )
-from serving.api.schemas.errors import ERROR_RESPONSES, FEEDBACK_RESPONSES
+from serving.api.openapi import json_body
+from serving.api.schemas.errors import BODY, FEEDBACK_RESPONSES, PROTECTED, error_responses
 from serving.api.schemas.v1 import (
     BatchPricePrediction,
     Car,
@@ -21,30 +26,40 @@ from serving.api.schemas.v1 import (
     ModelList,
     ModelVersionInfo,
     PricePrediction,
+    parse_car,
+    parse_cars,
 )
 from serving.api.security import PredictPrincipal, require_role
 
 # Every /v1 route here needs the predict role (admins have it too); login is in
-# serving.api.routers.auth.
+# serving.api.routers.auth. The router's dependency runs first: a body is read and parsed only
+# for an authenticated caller within its rate limit.
 router = APIRouter(
     prefix="/v1",
     tags=["v1"],
-    strict_content_type=False,
     dependencies=[Depends(require_role(Role.PREDICT))],
+    responses=error_responses(*PROTECTED),
 )
+_PREDICT_ERRORS = error_responses(*BODY, 503)
+_Reports = FeedbackReport | list[FeedbackReport]
+ReportsBody = Annotated[_Reports, Depends(json_model(_Reports))]
 
 
 @router.post(
     "/predict",
-    responses=ERROR_RESPONSES,
+    responses=_PREDICT_ERRORS,
     dependencies=[Depends(require_json)],
+    openapi_extra=json_body(Car),
 )
 async def predict(
-    car: Car, service: PredictionServiceDep, request_id: RequestIdDep, principal: PredictPrincipal
+    body: JsonBody,
+    service: PredictionServiceDep,
+    request_id: RequestIdDep,
+    principal: PredictPrincipal,
 ) -> PricePrediction:
     """Predict the price of one car with the production model."""
     result = await service.predict(
-        [car.to_row()], request_id=request_id, api_version="v1", caller=principal.caller
+        [parse_car(body)], request_id=request_id, api_version="v1", caller=principal.caller
     )
     return PricePrediction(
         price=result.prices[0],
@@ -57,21 +72,19 @@ async def predict(
 
 @router.post(
     "/predict/batch",
-    responses=ERROR_RESPONSES,
+    responses=_PREDICT_ERRORS,
     dependencies=[Depends(require_json)],
+    openapi_extra=json_body(list[Car], batch=True),
 )
 async def predict_batch(
-    cars: list[Car],
+    body: JsonBody,
     service: PredictionServiceDep,
     request_id: RequestIdDep,
     principal: PredictPrincipal,
 ) -> BatchPricePrediction:
     """Predict the prices of a list of cars (at most `CARPRICE_BATCH_MAX`) in one call."""
     result = await service.predict(
-        [car.to_row() for car in cars],
-        request_id=request_id,
-        api_version="v1",
-        caller=principal.caller,
+        parse_cars(body), request_id=request_id, api_version="v1", caller=principal.caller
     )
     return BatchPricePrediction(
         prices=result.prices,
@@ -83,12 +96,11 @@ async def predict_batch(
 
 @router.post(
     "/feedback",
-    responses=FEEDBACK_RESPONSES,
+    responses=FEEDBACK_RESPONSES | error_responses(415),
     dependencies=[Depends(require_json)],
+    openapi_extra=json_body(_Reports),
 )
-async def feedback(
-    reports: FeedbackReport | list[FeedbackReport], service: FeedbackServiceDep
-) -> FeedbackRecorded:
+async def feedback(reports: ReportsBody, service: FeedbackServiceDep) -> FeedbackRecorded:
     """Report what priced cars really sold for: one report or a list (at most
     `CARPRICE_BATCH_MAX`), each naming a prediction's `request_id` and `row` (default 0).
 
@@ -101,7 +113,7 @@ async def feedback(
     return FeedbackRecorded(recorded=recorded)
 
 
-@router.get("/models", responses={503: ERROR_RESPONSES[503]})
+@router.get("/models", responses=error_responses(503))
 async def list_models(models: ModelsDep) -> ModelList:
     """The registered versions of the model, with their aliases and training metrics."""
     versions = await models.list_versions()

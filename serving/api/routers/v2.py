@@ -14,31 +14,38 @@ from fastapi import APIRouter, Depends, Header
 
 from serving.access.principals import Principal, Role
 from serving.api.deps import (
+    JsonBody,
     ModelsDep,
     PredictionServiceDep,
-    RawBody,
     RequestIdDep,
     ServedModelName,
 )
+from serving.api.openapi import json_body
 from serving.api.schemas import v2
-from serving.api.schemas.errors import ERROR_RESPONSES
+from serving.api.schemas.errors import BODY, PROTECTED, error_responses
 from serving.api.security import PredictPrincipal, require_role
 from serving.errors import ModelNotReady
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 # Server metadata and health stay open (probes); everything under /v2/models needs `predict`.
 _PREDICT = [Depends(require_role(Role.PREDICT))]
+_MODEL_ERRORS = error_responses(*PROTECTED, 404, 409)
+_INFER_ERRORS = error_responses(*PROTECTED, 400, 404, 409, *BODY)
 
 SERVER_NAME = "carprice"
 BinaryHeader = Annotated[
     str | None, Header(alias="Inference-Header-Content-Length", include_in_schema=False)
 ]
-_INFER_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": v2.InferenceRequest.model_json_schema()}},
-    }
-}
+_INFER_BODY: dict[str, Any] = json_body(v2.InferenceRequest)
+
+
+async def refuse_binary_data(binary_header: BinaryHeader = None) -> None:
+    """400 for the binary tensor extension, before the body is read (it is not JSON)."""
+    v2.refuse_binary(binary_header)
+
+
+# After the role check: the binary header is refused before the body is read.
+_INFER = [*_PREDICT, Depends(refuse_binary_data)]
 
 
 def server_version() -> str:
@@ -50,6 +57,7 @@ def server_version() -> str:
 
 
 @router.get("")
+@router.get("/", include_in_schema=False)  # the protocol's spelling, answered (not redirected)
 async def server_metadata() -> v2.ServerMetadata:
     """Server name, version and protocol extensions (none)."""
     return v2.ServerMetadata(name=SERVER_NAME, version=server_version(), extensions=[])
@@ -61,14 +69,14 @@ async def live() -> v2.Liveness:
     return v2.Liveness(live=True)
 
 
-@router.get("/health/ready", responses={503: ERROR_RESPONSES[503]})
+@router.get("/health/ready", responses=error_responses(503))
 async def ready(models: ModelsDep) -> v2.Readiness:
     """200 while a production model is loaded and smoke-tested, else 503."""
     models.require_production()
     return v2.Readiness(ready=True)
 
 
-@router.get("/models/{model_name}", dependencies=_PREDICT, responses=ERROR_RESPONSES)
+@router.get("/models/{model_name}", dependencies=_PREDICT, responses=_MODEL_ERRORS)
 async def model_metadata(name: ServedModelName, models: ModelsDep) -> v2.ModelMetadata:
     """Inputs, output and registered versions of the model."""
     versions = [v.version for v in await models.list_versions()]
@@ -78,7 +86,7 @@ async def model_metadata(name: ServedModelName, models: ModelsDep) -> v2.ModelMe
 @router.get(
     "/models/{model_name}/versions/{model_version}",
     dependencies=_PREDICT,
-    responses=ERROR_RESPONSES,
+    responses=_MODEL_ERRORS,
 )
 async def version_metadata(
     name: ServedModelName, model_version: str, models: ModelsDep
@@ -88,7 +96,7 @@ async def version_metadata(
     return v2.model_metadata(name, [info.version])
 
 
-@router.get("/models/{model_name}/ready", dependencies=_PREDICT, responses=ERROR_RESPONSES)
+@router.get("/models/{model_name}/ready", dependencies=_PREDICT, responses=_MODEL_ERRORS)
 async def model_ready(name: ServedModelName, models: ModelsDep) -> v2.ModelReadiness:
     """200 while the production model is loaded and smoke-tested, else 503."""
     if not models.ready:
@@ -99,7 +107,7 @@ async def model_ready(name: ServedModelName, models: ModelsDep) -> v2.ModelReadi
 @router.get(
     "/models/{model_name}/versions/{model_version}/ready",
     dependencies=_PREDICT,
-    responses=ERROR_RESPONSES,
+    responses=_MODEL_ERRORS,
 )
 async def version_ready(
     name: ServedModelName, model_version: str, models: ModelsDep
@@ -111,54 +119,53 @@ async def version_ready(
 
 @router.post(
     "/models/{model_name}/infer",
-    dependencies=_PREDICT,
-    responses=ERROR_RESPONSES,
+    dependencies=_INFER,
+    responses=_INFER_ERRORS,
     openapi_extra=_INFER_BODY,
+    response_model_exclude_none=True,
 )
 async def infer(
     name: ServedModelName,
-    body: RawBody,
+    body: JsonBody,
     service: PredictionServiceDep,
     request_id: RequestIdDep,
     principal: PredictPrincipal,
-    binary_header: BinaryHeader = None,
 ) -> v2.InferenceResponse:
     """Price the cars in the request with the production model."""
-    return await _infer(body, binary_header, service, request_id, principal, None)
+    return await _infer(body, service, request_id, principal, None)
 
 
 @router.post(
     "/models/{model_name}/versions/{model_version}/infer",
-    dependencies=_PREDICT,
-    responses=ERROR_RESPONSES,
+    dependencies=_INFER,
+    responses=_INFER_ERRORS,
     openapi_extra=_INFER_BODY,
+    response_model_exclude_none=True,
 )
 async def infer_version(
     name: ServedModelName,
     model_version: str,
-    body: RawBody,
+    body: JsonBody,
     service: PredictionServiceDep,
     request_id: RequestIdDep,
     principal: PredictPrincipal,
-    binary_header: BinaryHeader = None,
 ) -> v2.InferenceResponse:
     """Price the cars in the request with that registered version (loaded on demand)."""
-    return await _infer(body, binary_header, service, request_id, principal, model_version)
+    return await _infer(body, service, request_id, principal, model_version)
 
 
 async def _infer(
     body: bytes,
-    binary_header: str | None,
     service: PredictionServiceDep,
     request_id: str,
     principal: Principal,
     model_version: str | None,
 ) -> v2.InferenceResponse:
-    request = v2.parse_request(body, binary_header)
+    # The response's id is the request's (the protocol's rule), absent when it sent none: the
+    # server's own request id is in the X-Request-ID header.
+    request = v2.parse_request(body)
     rows = v2.to_rows(request)
     result = await service.predict(
         rows, model_version, request_id=request_id, api_version="v2", caller=principal.caller
     )
-    return v2.response(
-        result.prices, result.model_name, result.model_version, request.id or request_id
-    )
+    return v2.response(result.prices, result.model_name, result.model_version, request.id)

@@ -107,9 +107,14 @@ def test_infer_prices_every_row_like_v1(client: TestClient) -> None:
     assert out["data"] == v1
 
 
-def test_infer_without_id_answers_with_the_request_id(client: TestClient) -> None:
+def test_infer_answers_with_the_requests_id_or_none(client: TestClient) -> None:
+    # The protocol: the response's id is the request's. The server's own is in X-Request-ID.
     r = infer(client, tensors([CAR]))
-    assert r.json()["id"] == r.headers["X-Request-ID"]
+    assert "id" not in r.json()
+    assert "parameters" not in r.json()
+    assert r.headers["X-Request-ID"]
+    r = infer(client, tensors([CAR]) | {"id": "mine-1"})
+    assert r.json()["id"] == "mine-1"
 
 
 def test_integer_tensors_nested_column_shape_and_missing_optional_inputs(
@@ -220,7 +225,7 @@ def test_duplicate_input_is_422(client: TestClient) -> None:
 def test_nan_and_infinity_in_a_tensor_are_422(client: TestClient, literal: str) -> None:
     text = json.dumps(_with(tensors([CAR]), "torque_nm", data=[12345.5]))
     r = infer(client, text.replace("12345.5", literal).encode())
-    error_of(r, 422, "invalid_features")
+    error_of(r, 422, "invalid_json")  # RFC 8259 has no NaN or Infinity
 
 
 @pytest.mark.parametrize("body", [b"", b"{", b"[]", b'"x"', b"null"])
@@ -253,7 +258,7 @@ def test_binary_tensor_data_is_refused_clearly(client: TestClient) -> None:
 def test_batch_max_applies_to_v2(registry: ServingRegistry) -> None:
     with running(create_app(make_settings(registry, batch_max=3))) as client:
         assert infer(client, tensors([CAR] * 3)).status_code == 200
-        error_of(infer(client, tensors([CAR] * 4)), 422, "invalid_features")
+        error_of(infer(client, tensors([CAR] * 4)), 422, "limit_exceeded")
 
 
 def test_v2_body_limit_is_413_with_or_without_content_length(registry: ServingRegistry) -> None:

@@ -97,8 +97,8 @@ def test_a_chunked_body_is_cut_off_at_the_limit_without_waiting_for_the_rest(
 ) -> None:
     head = (
         b"POST /v1/predict/batch HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
-    )
+        b"X-API-Key: %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ) % small_limit_server.headers["X-API-Key"].encode()
     chunk = b"[" + b" " * 5000
     # The terminating chunk is never sent: the answer must come anyway.
     response = _raw(small_limit_server.port, head, b"%x\r\n%s\r\n" % (len(chunk), chunk))

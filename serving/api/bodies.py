@@ -1,0 +1,166 @@
+"""Request bodies: reading them, and the limits a JSON body must meet before anything parses it.
+
+Every JSON body (``/v1``, ``/v2``, ``/v1/admin``) takes the same steps, in the fast lane and in
+the FastAPI stack alike, and only *after* its caller was authenticated and counted against the
+rate limit (so a caller who has not proven who it is costs a header check, never a parse):
+
+1. Read it: :func:`read_body` in the lane, ``request.body()`` in the stack. The byte limit
+   (with or without ``Content-Length``) is enforced by the lane's header check and
+   :class:`~serving.api.middleware.BodySizeLimitMiddleware`; a client that goes away mid-body raises
+   :class:`~serving.errors.ClientDisconnected` (logged as 499, never a server error).
+2. :func:`check_json`: one pass of byte counts (``,`` ``:`` ``[`` ``{``, C speed, ~0.1 ms a MiB)
+   bounds the number of values, so a body holding more than ``max_values`` is a 413 before
+   any parser runs. The rest is parsed by orjson, a C parser that refuses what is not JSON
+   (bad UTF-8, ``NaN``, numbers beyond a double, nesting deeper than 1,024: one code,
+   ``invalid_json``, 422, everywhere), and, unless the counts already prove it, walked once
+   for the shape limits (nesting depth, keys in one object, items in one array, string
+   length: 422 ``limit_exceeded``, the message naming the limit).
+3. The route's schema (pydantic) validates the raw bytes. A body within the limits cannot
+   make it produce more than a few dozen errors, so a refusal costs microseconds, not seconds.
+
+The limits are settings (``CARPRICE_MAX_JSON_*``, ``CARPRICE_BATCH_MAX``), kept on
+``app.state.json_limits``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.types import Receive
+
+from serving.errors import ClientDisconnected, InvalidJson, LimitExceeded, PayloadTooLarge
+from serving.settings import Settings
+
+MIN_ITEMS_LIMIT = 64
+"""Arrays may always hold this many items (the /v2 ``inputs`` list), whatever ``batch_max``."""
+
+
+@dataclass(frozen=True, slots=True)
+class JsonLimits:
+    """The shape a JSON body may have (see the module docstring)."""
+
+    max_values: int
+    """Values and keys in the whole body (counted as its commas and colons, plus one)."""
+    max_depth: int
+    """Nesting depth: ``{}`` is 1, ``[{}]`` is 2."""
+    max_keys: int
+    """Keys in one object."""
+    max_items: int
+    """Items in one array (``batch_max``: no array of a valid request holds more)."""
+    max_string: int
+    """Characters in one string or key."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JsonLimits:
+        return cls(
+            max_values=settings.max_json_values,
+            max_depth=settings.max_json_depth,
+            max_keys=settings.max_json_keys,
+            max_items=max(settings.batch_max, MIN_ITEMS_LIMIT),
+            max_string=settings.max_json_string,
+        )
+
+
+def check_json(body: bytes, limits: JsonLimits) -> None:
+    """Refuse ``body`` unless it is JSON within ``limits``.
+
+    Raises:
+        PayloadTooLarge: more values than ``max_values`` (decided before parsing).
+        InvalidJson: empty, or not JSON.
+        LimitExceeded: too deep, too many keys in an object or items in an array, a string
+            too long.
+    """
+    if not body.strip():
+        raise InvalidJson("the body is empty: send JSON")
+    commas = body.count(b",")
+    colons = body.count(b":")
+    if commas + colons + 1 > limits.max_values:
+        raise PayloadTooLarge(
+            f"the body holds more than {limits.max_values} values and keys "
+            "(CARPRICE_MAX_JSON_VALUES)"
+        )
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        if "depth" in str(exc):  # orjson's own limit (1,024) is past ours
+            raise _too_deep(limits) from None
+        raise InvalidJson("the body is not valid JSON") from None
+    openers = body.count(b"[") + body.count(b"{")
+    if (
+        openers <= limits.max_depth
+        and colons <= limits.max_keys
+        and commas < limits.max_items
+        and len(body) <= limits.max_string
+    ):
+        return  # the counts prove every limit: no walk
+    _walk(value, limits)
+
+
+def _walk(value: Any, limits: JsonLimits) -> None:
+    # Iterative (no recursion limit to meet), containers only pushed: one type() per value.
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children: Any
+        if type(node) is dict:
+            if depth > limits.max_depth:
+                raise _too_deep(limits)
+            if len(node) > limits.max_keys:
+                raise _limit(
+                    f"an object has {len(node)} keys; at most {limits.max_keys} are accepted "
+                    "(CARPRICE_MAX_JSON_KEYS)",
+                    "too_many_keys",
+                )
+            if node and max(map(len, node)) > limits.max_string:
+                raise _too_long(limits)
+            children = node.values()
+        elif type(node) is list:
+            if depth > limits.max_depth:
+                raise _too_deep(limits)
+            if len(node) > limits.max_items:
+                raise _limit(
+                    f"an array has {len(node)} items; at most {limits.max_items} are accepted "
+                    "(CARPRICE_BATCH_MAX)",
+                    "too_many_items",
+                )
+            children = node
+        else:
+            continue
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+            elif kind is str and len(child) > limits.max_string:
+                raise _too_long(limits)
+
+
+def _limit(message: str, kind: str) -> LimitExceeded:
+    return LimitExceeded(message, [{"loc": "body", "msg": message, "type": kind}])
+
+
+def _too_deep(limits: JsonLimits) -> LimitExceeded:
+    return _limit(
+        f"the body is nested deeper than {limits.max_depth} levels (CARPRICE_MAX_JSON_DEPTH)",
+        "too_deep",
+    )
+
+
+def _too_long(limits: JsonLimits) -> LimitExceeded:
+    return _limit(
+        f"a string is longer than {limits.max_string} characters (CARPRICE_MAX_JSON_STRING)",
+        "string_too_long",
+    )
+
+
+async def read_body(receive: Receive) -> bytes:
+    """The whole request body from ASGI ``receive`` (raises ``ClientDisconnected``)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnected("the client disconnected before sending the whole body")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
