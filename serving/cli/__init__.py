@@ -1,4 +1,5 @@
-"""Serving commands of the ``carprice`` CLI (``serve``, ``users``, ``keys``)."""
+"""Serving commands of the ``carprice`` CLI (``serve``, ``users``, ``keys``, ``db``,
+``predictions``, ``feedback``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="users")
     app.add_typer(keys_app, name="keys")
     app.add_typer(db_app, name="db")
+
+    from serving.cli.feedback import feedback_app
+    from serving.cli.predictions import predictions_app
+
+    app.add_typer(predictions_app, name="predictions")
+    app.add_typer(feedback_app, name="feedback")
 
     from serving.cli.serve import serve
 

@@ -230,6 +230,7 @@ class FeedbackReport(BaseModel):
 
     request_id: str = Field(
         min_length=1,
+        strict=True,
         max_length=128,
         description="The `request_id` of the prediction (its `X-Request-ID` header).",
     )
@@ -237,7 +238,10 @@ class FeedbackReport(BaseModel):
         0, ge=0, strict=True, description="Index of the car in the request (0 for one car)."
     )
     actual_price: float = Field(
-        gt=0, allow_inf_nan=False, description="What the car really sold for (positive)."
+        gt=0,
+        allow_inf_nan=False,
+        strict=True,  # a JSON number: not "12", not true
+        description="What the car really sold for: a positive, finite number.",
     )
 
     def to_feedback(self) -> Feedback:
