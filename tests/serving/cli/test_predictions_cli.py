@@ -101,6 +101,7 @@ def test_export_windows(log: Engine, tmp_path: Path) -> None:
         (["--out", "/nonexistent/dir/x.csv"], "not a directory"),
     ],
 )
+@pytest.mark.parametrize("log", ["sqlite"], indirect=True)  # no database needed: arguments
 def test_export_refuses_bad_arguments_in_one_line(
     log: Engine, args: list[str], message: str
 ) -> None:
@@ -153,6 +154,7 @@ def test_feedback_import_counts_matched_unknown_duplicates(log: Engine, tmp_path
         ("request_id,row,actual_price\n,0,3\n", "line 2: empty request_id"),
     ],
 )
+@pytest.mark.parametrize("log", ["sqlite"], indirect=True)
 def test_feedback_import_refuses_a_bad_file_in_one_line(
     log: Engine, tmp_path: Path, text: str, message: str
 ) -> None:
