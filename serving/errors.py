@@ -104,6 +104,12 @@ class ClientDisconnected(ServingError):  # noqa: N818 - named for what happened
     code = "client_disconnected"
 
 
+class Misconfigured(ServingError):  # noqa: N818 - named for what happened
+    """A setting the server needs is missing: it runs, but should take no traffic yet."""
+
+    code = "misconfigured"
+
+
 class UnsupportedRequest(ServingError):  # noqa: N818 - named for what happened
     """A well-formed request for something this server does not do (e.g. binary tensors)."""
 

@@ -11,12 +11,15 @@ import asyncio
 import functools
 import gc
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from prometheus_fastapi_instrumentator import Instrumentator
+from pydantic import ValidationError
+from pydantic_settings.exceptions import SettingsError
 from starlette.types import ASGIApp
 
 from serving.api import openapi
@@ -36,7 +39,7 @@ from serving.monitoring import logs
 from serving.monitoring.feedback import FeedbackService
 from serving.monitoring.metrics import forget_dead_workers, http_instrumentation, worker_exited
 from serving.monitoring.prediction_log import PredictionLog
-from serving.settings import Settings, get_settings
+from serving.settings import Settings, describe_errors, get_settings
 from serving.store.database import create_db_engine
 
 log = logging.getLogger(__name__)
@@ -184,6 +187,12 @@ def __getattr__(name: str) -> Any:
     global _app
     if name == "app":
         if _app is None:
-            _app = create_app()
+            try:
+                settings = get_settings()
+            except (ValidationError, SettingsError) as exc:
+                # One line for the operator, not a traceback from inside uvicorn's import.
+                sys.stderr.write(f"configuration error: {describe_errors(exc)}\n")
+                raise SystemExit(2) from None
+            _app = create_app(settings)
         return _app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

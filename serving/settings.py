@@ -5,11 +5,13 @@
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 DEFAULT_JWT_SECRET = "change-me"  # noqa: S105 - the placeholder we refuse outside development
 
@@ -87,6 +89,8 @@ class Settings(BaseSettings):
     """``redis://host:port/db`` for a shared Redis cache; unset uses an in-process LRU+TTL cache."""
     cache_ttl: int = Field(3600, ge=1)
     """Seconds a cached prediction lives."""
+    cache_namespace: str = "carprice:price:"
+    """Prefix of the cache keys in Redis (lets deployments, or test runs, share one Redis)."""
     cache_max_entries: int = Field(100_000, ge=1)
     """Size of the in-process cache (when no Redis is configured)."""
     redis_timeout: float = Field(0.25, gt=0)
@@ -155,16 +159,40 @@ class Settings(BaseSettings):
         """Where the prediction log lives: ``prediction_log_url``, else ``database_url``."""
         return self.prediction_log_url or self.database_url
 
-    @model_validator(mode="after")
-    def _refuse_default_secret(self) -> Settings:
-        if self.env != "development" and self.jwt_secret == DEFAULT_JWT_SECRET:
-            raise ValueError(
-                "CARPRICE_JWT_SECRET is unset or the default: set a secret "
-                "(or CARPRICE_ENV=development for local use)"
-            )
-        if self.env != "development" and len(self.jwt_secret) < 32:
-            raise ValueError("CARPRICE_JWT_SECRET must be at least 32 characters")
-        return self
+    @property
+    def jwt_secret_problem(self) -> str | None:
+        """Why ``jwt_secret`` may not sign or verify tokens here (None: it may).
+
+        Not a validation error: only token issuing and checking need the secret, so the API
+        still starts without one (live, not ready, API keys working) and the CLI's user and key
+        commands run. Outside development the placeholder and short secrets are refused.
+        """
+        if self.env == "development":
+            return None
+        how = "set it to 32+ random characters, e.g. CARPRICE_JWT_SECRET=$(openssl rand -hex 32)"
+        if self.jwt_secret == DEFAULT_JWT_SECRET:
+            return f"CARPRICE_JWT_SECRET is not set: {how} (or CARPRICE_ENV=development for a demo)"
+        if len(self.jwt_secret) < 32:
+            return f"CARPRICE_JWT_SECRET is shorter than 32 characters: {how}"
+        return None
+
+
+def describe_errors(exc: ValidationError | SettingsError) -> str:
+    """Why the settings could not be read, as one line naming each variable (never its value).
+
+    ``exc`` is what :class:`Settings` raises: a ``ValidationError`` (a bad value), or a
+    ``SettingsError`` (a list or dict variable that is not JSON).
+    """
+    if isinstance(exc, SettingsError):
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"CARPRICE_{field[1].upper()}" if field else "a CARPRICE_* variable"
+        return f'{name}: not valid JSON (a list looks like ["a", "b"])'
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = field if field.isupper() else f"CARPRICE_{field.upper()}"
+        problems.append(f"{name}: {error['msg']}")
+    return "; ".join(problems) or str(exc)
 
 
 @lru_cache

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from serving.access.accounts import Accounts, UserInfo
 from serving.access.apikeys import ApiKeyVerifier, KeyRecord
 from serving.access.principals import AccessError, NotAuthenticated, Principal, Role
-from serving.access.tokens import Claims, IssuedToken, TokenService
+from serving.access.tokens import Claims, IssuedToken, TokensDisabled, TokenService
 from serving.inference.ttlcache import TTLCache
 
 T = TypeVar("T")
@@ -46,17 +46,29 @@ class Authenticator:
     def __init__(
         self,
         accounts: Accounts,
-        tokens: TokenService,
+        tokens: TokenService | TokensDisabled,
         *,
         cache_ttl: float = 5.0,
         login_concurrency: int = 4,
     ) -> None:
         self.accounts = accounts
-        self.tokens = tokens
+        self._tokens = tokens
         self.users: TTLCache[int, UserInfo] = TTLCache(cache_ttl)
         self._tokens_seen: TTLCache[str, Claims] = TTLCache(TOKEN_CACHE_SECONDS)
         self.keys = ApiKeyVerifier(self._find_key, cache_ttl=cache_ttl)
         self._login_slots = anyio.CapacityLimiter(login_concurrency)
+
+    @property
+    def tokens_disabled(self) -> str | None:
+        """Why tokens can be neither issued nor verified here (None: they can)."""
+        return str(self._tokens) if isinstance(self._tokens, TokensDisabled) else None
+
+    @property
+    def tokens(self) -> TokenService:
+        """The token service; ``TokensDisabled`` when there is no usable secret."""
+        if isinstance(self._tokens, TokensDisabled):
+            raise TokensDisabled(str(self._tokens))  # a new one: no traceback piles up
+        return self._tokens
 
     async def _in_thread(
         self, fn: Callable[..., T], *args: object, limiter: anyio.CapacityLimiter | None = None
@@ -77,12 +89,13 @@ class Authenticator:
         return await self.keys.verify(key)
 
     def _verified(self, token: str) -> Claims:
+        tokens = self.tokens
         # A token's signature and claims do not change: re-verifying one seen recently costs
         # ~150 us of python-jose for nothing. Expiry is still checked on every use.
         fresh, claims = self._tokens_seen.peek(token)
-        if fresh and claims is not None and time.time() < claims.expires_at + self.tokens.leeway:
+        if fresh and claims is not None and time.time() < claims.expires_at + tokens.leeway:
             return claims
-        claims = self.tokens.decode(token)
+        claims = tokens.decode(token)
         self._tokens_seen.put(token, claims)
         return claims
 
@@ -97,12 +110,13 @@ class Authenticator:
 
     async def login(self, username: str, password: str) -> IssuedToken:
         """A token for ``username`` if ``password`` is right (raises ``NotAuthenticated``)."""
+        tokens = self.tokens  # no password is checked for a token that cannot be issued
         user = await self._in_thread(
             self.accounts.check_password, username, password, limiter=self._login_slots
         )
         if user is None:
             raise NotAuthenticated("bad user name or password")
-        return self.tokens.issue(user.id, user.role)
+        return tokens.issue(user.id, user.role)
 
     async def flush_key_usage(self) -> None:
         """Write the last-use times collected since the previous flush (one statement)."""

@@ -14,7 +14,7 @@ from typing import Any
 
 from jose import jwt
 
-from serving.access.principals import NotAuthenticated, Role
+from serving.access.principals import AccessError, NotAuthenticated, Role
 from serving.settings import Settings
 
 MAX_TOKEN_LENGTH = 4096
@@ -23,6 +23,11 @@ MAX_TOKEN_LENGTH = 4096
 
 class InvalidToken(NotAuthenticated):
     """The bearer token is malformed, forged, expired or otherwise unacceptable."""
+
+
+class TokensDisabled(AccessError):  # noqa: N818 - named for what happened
+    """No usable JWT secret here: tokens can be neither issued nor verified (API keys still
+    work). The message says which variable to set and how."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +81,14 @@ class TokenService:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenService:
-        """The token service the settings describe."""
+        """The token service the settings describe.
+
+        Raises:
+            TokensDisabled: the secret is the placeholder or too short outside development.
+        """
+        problem = settings.jwt_secret_problem
+        if problem is not None:
+            raise TokensDisabled(problem)
         return cls(
             settings.jwt_secret,
             algorithm=settings.jwt_algorithm,

@@ -50,7 +50,7 @@ from serving.access.ratelimit import (
     RedisLimiter,
     connect_redis,
 )
-from serving.access.tokens import IssuedToken, TokenService
+from serving.access.tokens import IssuedToken, TokensDisabled, TokenService
 from serving.api.errors import error_response
 from serving.monitoring.metrics import RATE_LIMITED
 from serving.settings import DEFAULT_JWT_SECRET, Settings
@@ -94,10 +94,15 @@ class AccessControl:
         """A token for good credentials (raises ``NotAuthenticated``)."""
         return await self.authenticator.login(username, password)
 
+    @property
+    def unready_reason(self) -> str | None:
+        """Why the server should take no traffic (a missing JWT secret), None when it may."""
+        return self.authenticator.tokens_disabled
+
 
 async def open_auth(state: Any, settings: Settings) -> AccessControl:
     """Connect the database (migrating it if configured) and Redis; keep it all on ``state``."""
-    if settings.jwt_secret == DEFAULT_JWT_SECRET:  # only possible with env=development
+    if settings.jwt_secret == DEFAULT_JWT_SECRET and settings.jwt_secret_problem is None:
         log.warning("using the default JWT secret: fine for a demo, never for a deployment")
     request_rate = Rate.parse(settings.rate_limit)  # a typo fails start-up, not the requests
     login_rate = Rate.parse(settings.login_rate_limit)
@@ -109,9 +114,14 @@ async def open_auth(state: Any, settings: Settings) -> AccessControl:
     hasher = PasswordHasher(settings.bcrypt_rounds)
     await anyio.to_thread.run_sync(hasher.prepare)
     accounts = Accounts(database, hasher)
-    authenticator = Authenticator(
-        accounts, TokenService.from_settings(settings), cache_ttl=settings.api_key_cache_ttl
-    )
+    tokens: TokenService | TokensDisabled
+    try:
+        tokens = TokenService.from_settings(settings)
+    except TokensDisabled as exc:
+        # Started anyway (a crash loop helps nobody): live, not ready, API keys working.
+        log.error("%s; until then logins and tokens get 503 and /v2/health/ready is 503", exc)
+        tokens = exc
+    authenticator = Authenticator(accounts, tokens, cache_ttl=settings.api_key_cache_ttl)
     redis_url = settings.ratelimit_url or settings.cache_url
     limiter: Limiter
     if redis_url:
@@ -299,6 +309,7 @@ _STATUS: dict[type[AccessError], int] = {
     Forbidden: 403,
     RateLimited: 429,
     AuthUnavailable: 503,
+    TokensDisabled: 503,
 }
 _CODES = {
     401: ("not_authenticated", "Not authenticated"),
@@ -327,6 +338,8 @@ def access_error_message(exc: AccessError) -> str:
         return f"this needs the {exc.required} role"
     if isinstance(exc, RateLimited):
         return f"rate limit of {exc.state.limit} exceeded; retry in {exc.state.retry_after} s"
+    if isinstance(exc, TokensDisabled):
+        return "logins and bearer tokens are not configured on this server; use an API key"
     return _CODES[access_error_status(exc)][1]
 
 
@@ -350,7 +363,7 @@ async def handle_access_error(request: Request, exc: Exception) -> JSONResponse:
     status = access_error_status(exc)
     if status == 401:
         log.info("authentication failed from %s: %s", client_address(request), exc)
-    elif status == 503:
+    elif status == 503 and not isinstance(exc, TokensDisabled):  # that one is logged at start
         log.warning("authentication unavailable: %s", exc)
     elif status == 429:
         RATE_LIMITED.labels(getattr(request.state, "rate_limited", "request")).inc()

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
+from serving.cli.config import load_settings
 from serving.monitoring import logs
-from serving.settings import Settings, get_settings
+from serving.settings import Settings
 
 
 def serve(
@@ -30,11 +30,7 @@ def serve(
     requests finish (up to ``CARPRICE_SHUTDOWN_TIMEOUT`` seconds) and writes the queued
     prediction log. ``/metrics`` shows the totals of all workers.
     """
-    try:
-        settings = get_settings()  # fail here, once, not in every worker
-    except ValidationError as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    settings = load_settings()  # fail here, once, not in every worker
     made = fresh_multiprocess_dir() is None
     if made:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="carprice-metrics-")

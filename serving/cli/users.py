@@ -15,11 +15,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
 from serving.access.passwords import PasswordPolicyError
 from serving.access.principals import Role, UnknownApiKey, UnknownUser, UserExists
-from serving.settings import Settings, get_settings
+from serving.cli.config import load_settings
 
 if TYPE_CHECKING:
     from serving.access.accounts import Accounts, KeyInfo
@@ -33,14 +32,6 @@ PasswordStdin = Annotated[
 ]
 
 
-def _settings() -> Settings:
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        typer.echo(f"configuration error: {exc}", err=True)
-        raise typer.Exit(2) from None
-
-
 @contextmanager
 def _accounts() -> Iterator[Accounts]:
     # Imported here: SQLAlchemy and Alembic would slow down every other `carprice` command.
@@ -48,7 +39,7 @@ def _accounts() -> Iterator[Accounts]:
     from serving.access.passwords import PasswordHasher
     from serving.store.database import open_database
 
-    settings = _settings()
+    settings = load_settings()
     db = open_database(settings.database_url, migrate=settings.database_migrate_on_start)
     try:
         yield Accounts(db, PasswordHasher(settings.bcrypt_rounds))
@@ -255,7 +246,7 @@ def db_upgrade(
     """Apply the migrations to ``CARPRICE_DATABASE_URL`` (what start-up does by default)."""
     from serving.store.database import current_revision, upgrade
 
-    url = _settings().database_url
+    url = load_settings().database_url
     upgrade(url, revision)
     typer.echo(f"database at revision {current_revision(url)}")
 
@@ -265,5 +256,5 @@ def db_current() -> None:
     """Print the database's revision and the newest one shipped."""
     from serving.store.database import current_revision, head_revision
 
-    url = _settings().database_url
+    url = load_settings().database_url
     typer.echo(f"database: {current_revision(url) or 'empty'}, newest: {head_revision()}")

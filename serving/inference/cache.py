@@ -2,7 +2,8 @@
 
 A key is the model name, the model version and the car's values, so a new model version never
 answers with an old price. Each backend makes its own keys (:meth:`PredictionCache.key`): the
-in-process cache a tuple (cheap to hash), Redis a string with the SHA-256 of the values.
+in-process cache a tuple (cheap to hash), Redis a string with the SHA-256 of the values under
+``cache_namespace`` (so deployments, or test runs, can share one Redis).
 Batches read and write all their rows in one round trip (``MGET``; a pipeline of
 ``SET ... EX``).
 
@@ -34,12 +35,11 @@ from serving.settings import Settings
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-KEY_PREFIX = "carprice:price"
 
 
-def cache_key(model_name: str, model_version: str, row: Row) -> str:
-    """The Redis key of one car's price under one model version."""
-    return f"{KEY_PREFIX}:{model_name}:{model_version}:{row_digest(row)}"
+def cache_key(namespace: str, model_name: str, model_version: str, row: Row) -> str:
+    """The Redis key of one car's price under one model version (``namespace`` first)."""
+    return f"{namespace}{model_name}:{model_version}:{row_digest(row)}"
 
 
 class PredictionCache(Protocol):
@@ -188,8 +188,16 @@ class RedisCache:
 
     backend = "redis"
 
-    def __init__(self, url: str, ttl: int, timeout: float, breaker: CircuitBreaker) -> None:
+    def __init__(
+        self,
+        url: str,
+        ttl: int,
+        timeout: float,
+        breaker: CircuitBreaker,
+        namespace: str,
+    ) -> None:
         self._ttl = ttl
+        self.namespace = namespace
         self._timeout = timeout
         self.breaker = breaker
         self.url = _redacted(url)
@@ -203,7 +211,7 @@ class RedisCache:
         )
 
     def key(self, model_name: str, model_version: str, row: Row) -> str:
-        return cache_key(model_name, model_version, row)
+        return cache_key(self.namespace, model_name, model_version, row)
 
     async def _call(self, op: str, call: Callable[[], Awaitable[T]]) -> T | None:
         if not self.breaker.allow():
@@ -266,7 +274,11 @@ def build_cache(settings: Settings) -> PredictionCache:
     if settings.cache_url:
         breaker = CircuitBreaker(settings.cache_breaker_failures, settings.cache_breaker_reset)
         cache: PredictionCache = RedisCache(
-            settings.cache_url, settings.cache_ttl, settings.redis_timeout, breaker
+            settings.cache_url,
+            settings.cache_ttl,
+            settings.redis_timeout,
+            breaker,
+            settings.cache_namespace,
         )
         log.info("prediction cache: Redis at %s", _redacted(settings.cache_url))
     else:

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -53,6 +52,7 @@ class ModelStore:
         pinned_max: int,
         registry_timeout: float,
         loader: Loader = load_version,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
         self.name = registry.model_name
@@ -61,6 +61,7 @@ class ModelStore:
         self.registry_timeout = registry_timeout
         self._pinned_max = pinned_max
         self._loader = loader
+        self._clock = clock  # of the retry backoff
         self._production: LoadedModel | None = None
         self._pinned: OrderedDict[str, LoadedModel] = OrderedDict()
         self._pinned_locks: dict[str, asyncio.Lock] = {}
@@ -142,7 +143,8 @@ class ModelStore:
     async def wait_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a production model; whether there is one."""
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._ready.wait()
         except TimeoutError:
             return False
         return True
@@ -158,8 +160,9 @@ class ModelStore:
         """Stop polling and drop the loaded models."""
         if self._poller is not None:
             self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            # Waits for the poller to end without taking its CancelledError for our own (a
+            # cancellation of stop() itself still propagates).
+            await asyncio.wait([self._poller])
             self._poller = None
         self._pinned.clear()
         MODEL_READY.set(0)
@@ -236,8 +239,12 @@ class ModelStore:
 
     async def _registry(self, call: Callable[..., T], *args: object) -> T:
         """A blocking registry call in a worker thread, given up after ``registry_timeout``."""
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # arrives just as the call returns, so stop() would wait forever for a poller that
+        # goes on polling (the lifespan's shutdown then hangs: uvicorn's, the TestClient's).
         try:
-            return await asyncio.wait_for(asyncio.to_thread(call, *args), self.registry_timeout)
+            async with asyncio.timeout(self.registry_timeout):
+                return await asyncio.to_thread(call, *args)
         except TimeoutError as exc:
             raise RegistryUnavailable(
                 f"the registry did not answer within {self.registry_timeout:g} s"
@@ -279,11 +286,11 @@ class ModelStore:
         previous = self._failures.get(version)
         count = previous.count + 1 if previous else 1
         delay = self.reload_interval * min(2 ** (count - 1), _MAX_BACKOFF_FACTOR)
-        self._failures[version] = _Failure(message, count, time.monotonic() + delay)
+        self._failures[version] = _Failure(message, count, self._clock() + delay)
 
     def _raise_if_failed_recently(self, version: str) -> None:
         failure = self._failures.get(version)
-        if failure is not None and time.monotonic() < failure.retry_at:
+        if failure is not None and self._clock() < failure.retry_at:
             raise ModelUnservable(f"{self.name}/{version} cannot be served: {failure.message}")
 
     def _set_status(self, status: str, warn: bool = False) -> None:

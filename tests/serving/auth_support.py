@@ -1,6 +1,7 @@
 """Helpers for the access-control tests: real PostgreSQL databases, real Redis, a small app.
 
-Imported explicitly by the ``test_auth_*``/``test_db``/... modules (no ``pytest_plugins``).
+Imported explicitly by the ``test_auth_*``/... modules (no ``pytest_plugins``); the real
+servers, kept apart per test run, are :mod:`tests.serving.services`.
 The app built here is not the product's app: it is the smallest FastAPI app wired the way
 ``serving/main.py`` is meant to be (lifespan helpers, ``install``, the auth and admin routers)
 plus dummy protected routes, so access control is tested on its own.
@@ -10,16 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import psycopg
-import pytest
-import redis
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.responses import JSONResponse
 
@@ -37,14 +34,13 @@ from serving.api.security import (
     require_role,
 )
 from serving.settings import Settings
+from tests.serving.services import REDIS_URL, namespace
 
 TEST_SECRET = "test-secret-" + "x" * 40
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-REDIS_URL = "redis://127.0.0.1:6379/2"  # our tests' own DB number; only our keys are deleted
 
 
 def make_settings(**overrides: Any) -> Settings:
-    """Test settings: fast bcrypt, a real secret, no Redis unless given."""
+    """Test settings: fast bcrypt, a real secret, no Redis unless given, this run's namespace."""
     values: dict[str, Any] = {
         "env": "test",
         "jwt_secret": TEST_SECRET,
@@ -52,45 +48,13 @@ def make_settings(**overrides: Any) -> Settings:
         "database_url": "sqlite://",
         "rate_limit": "1000/minute",
         "login_rate_limit": "1000/minute",
-        "ratelimit_namespace": f"carprice-test:{secrets.token_hex(4)}:",
+        "ratelimit_namespace": namespace("rl"),
+        "cache_namespace": namespace("cache"),
         "cache_url": None,
         "ratelimit_url": None,
     }
     values.update(overrides)
     return Settings(**values)
-
-
-@contextlib.contextmanager
-def postgres_database() -> Iterator[str]:
-    """A throwaway PostgreSQL database (created, yielded as a SQLAlchemy URL, dropped)."""
-    name = f"carprice_test_{secrets.token_hex(6)}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"PostgreSQL not reachable: {exc}")
-    with admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-        finally:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def redis_or_skip() -> redis.Redis[bytes]:
-    """A client of the tests' Redis DB (skips when no Redis runs here)."""
-    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1)
-    try:
-        client.ping()
-    except redis.RedisError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"Redis not reachable: {exc}")
-    return client
-
-
-def delete_namespace(client: redis.Redis[bytes], namespace: str) -> None:
-    """Delete the keys under ``namespace`` (never a FLUSHDB: other tests may share the DB)."""
-    keys = list(client.scan_iter(match=namespace + "*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 @dataclass
@@ -213,7 +177,7 @@ class RedisProxy:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/2"
+        return f"redis://127.0.0.1:{self.port}/{REDIS_URL.rsplit('/', 1)[1]}"
 
     async def up(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)

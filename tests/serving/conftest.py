@@ -33,9 +33,9 @@ from pipelines.contract import NUMERICAL, build_contract
 from pipelines.params import Params, TrainParams
 from pipelines.train import fit, log_run, signature_for
 from serving.main import create_app
+from tests.serving.services import cleanup_run, delete_namespace, namespace, redis_or_skip
 from tests.serving.support import (
     MODEL,
-    REDIS_URL,
     ServingRegistry,
     listings,
     make_settings,
@@ -156,15 +156,25 @@ def client(app: FastAPI) -> Iterator[TestClient]:
         yield c
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_in_redis_or_postgresql() -> Iterator[None]:
+    """At the end of the run, delete its Redis keys and drop its databases (see services)."""
+    yield
+    cleanup_run()
+
+
 @pytest.fixture
 def redis_db() -> Iterator[redis.Redis[bytes]]:
-    """The tests' Redis DB, emptied before and after (skips if Redis is not running)."""
-    r = redis.Redis.from_url(REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
-    try:
-        r.ping()
-    except redis.ConnectionError as exc:  # pragma: no cover - depends on the machine
-        pytest.skip(f"Redis not reachable at {REDIS_URL}: {exc}")
-    r.flushdb()
-    yield r
-    r.flushdb()
-    r.close()
+    """A client of the tests' Redis DB (skips if Redis is not running). Shared with other
+    runs: a test reads and writes only under its own :func:`redis_namespace`."""
+    client = redis_or_skip()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_namespace(redis_db: redis.Redis[bytes]) -> Iterator[str]:
+    """A Redis key prefix of this test's own; its keys are deleted afterwards."""
+    prefix = namespace("test")
+    yield prefix
+    delete_namespace(redis_db, prefix)

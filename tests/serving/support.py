@@ -23,9 +23,9 @@ from pipelines.train import split_xy
 from serving.api.schemas.v1 import EXAMPLE_CAR
 from serving.inference.features import BY_NAME
 from serving.settings import Settings
+from tests.serving.services import namespace
 
 MODEL = "car-price"
-REDIS_URL = "redis://127.0.0.1:6379/3"  # the serving tests' own DB number (auth tests use 2)
 TEST_SECRET = "serving-tests-secret-" + "x" * 32
 
 CAR: dict[str, Any] = dict(EXAMPLE_CAR)
@@ -96,13 +96,16 @@ def unique_car(**changes: Any) -> dict[str, Any]:
 
 
 def make_settings(registry: ServingRegistry | None, **overrides: Any) -> Settings:
-    """Settings for a test app: the session registry, in-process cache, fast polling."""
+    """Settings for a test app: the session registry, in-process cache, fast polling, Redis
+    keys (if a test gives a ``cache_url``) under a namespace of its own."""
     values: dict[str, Any] = {
         "env": "test",
         "jwt_secret": TEST_SECRET,
         "MLFLOW_TRACKING_URI": registry.uri if registry else "sqlite:////nonexistent/mlflow.db",
         "reload_interval": 0.2,
         "cache_url": None,
+        "cache_namespace": namespace("cache"),
+        "ratelimit_namespace": namespace("rl"),
         # Each app gets its own user database; cheap hashing keeps the suite fast.
         "database_url": f"sqlite:///{tempfile.mkdtemp(prefix='carprice-users-')}/users.db",
         "bcrypt_rounds": 4,

@@ -23,8 +23,8 @@ from serving.api.deps import (
 from serving.api.openapi import json_body
 from serving.api.schemas import v2
 from serving.api.schemas.errors import BODY, PROTECTED, error_responses
-from serving.api.security import PredictPrincipal, require_role
-from serving.errors import ModelNotReady
+from serving.api.security import AccessDep, PredictPrincipal, require_role
+from serving.errors import Misconfigured, ModelNotReady
 
 router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
 # Server metadata and health stay open (probes); everything under /v2/models needs `predict`.
@@ -70,8 +70,11 @@ async def live() -> v2.Liveness:
 
 
 @router.get("/health/ready", responses=error_responses(503))
-async def ready(models: ModelsDep) -> v2.Readiness:
-    """200 while a production model is loaded and smoke-tested, else 503."""
+async def ready(models: ModelsDep, access: AccessDep) -> v2.Readiness:
+    """200 while a production model is loaded and smoke-tested and the server is configured
+    (a JWT secret outside development), else 503 saying why."""
+    if access.unready_reason is not None:
+        raise Misconfigured(f"not ready: {access.unready_reason}")
     models.require_production()
     return v2.Readiness(ready=True)
 

@@ -12,7 +12,7 @@ from serving.access.accounts import Accounts
 from serving.access.passwords import PasswordHasher, PasswordPolicyError
 from serving.access.principals import Role, UnknownApiKey, UnknownUser, UserExists
 from serving.store.database import open_database
-from tests.serving.auth_support import postgres_database
+from tests.serving.services import postgres_database
 
 PASSWORD = "a fine password"
 

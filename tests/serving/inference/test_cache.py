@@ -12,7 +12,6 @@ import pytest
 import redis
 
 from serving.inference.cache import (
-    KEY_PREFIX,
     CircuitBreaker,
     MemoryCache,
     RedisCache,
@@ -22,7 +21,8 @@ from serving.inference.cache import (
 from serving.inference.features import make_row
 from serving.monitoring.metrics import CACHE_EVENTS
 from tests.serving.live import BlackHole, closed_port
-from tests.serving.support import CAR, REDIS_URL, make_settings
+from tests.serving.services import REDIS_URL
+from tests.serving.support import CAR, make_settings
 
 pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
 
@@ -45,10 +45,18 @@ def counted(event: str) -> float:
 
 def test_key_names_model_version_and_the_cars_digest() -> None:
     row = make_row(CAR)
-    key = cache_key("car-price", "3", row)
-    assert key.startswith(f"{KEY_PREFIX}:car-price:3:")
-    assert key != cache_key("car-price", "4", row)
-    assert key != cache_key("other", "3", row)
+    key = cache_key("carprice:price:", "car-price", "3", row)
+    assert key.startswith("carprice:price:car-price:3:")
+    assert key != cache_key("carprice:price:", "car-price", "4", row)
+    assert key != cache_key("carprice:price:", "other", "3", row)
+    assert key != cache_key("elsewhere:", "car-price", "3", row)
+
+
+def test_redis_keys_are_under_the_configured_namespace() -> None:
+    settings = make_settings(None, cache_url=REDIS_URL, cache_namespace="team-a:prices:")
+    cache = build_cache(settings)
+    assert cache.key("car-price", "3", make_row(CAR)).startswith("team-a:prices:car-price:3:")
+    run(cache.aclose())
 
 
 # --- in-process ---
@@ -125,9 +133,10 @@ def test_an_abandoned_trial_lets_the_next_call_try() -> None:
 
 
 def _redis_cache(
-    url: str, timeout: float = 0.1, failures: int = 3, reset: float = 30
+    url: str, timeout: float = 0.1, failures: int = 3, reset: float = 30, namespace: str = "t:"
 ) -> RedisCache:
-    return RedisCache(url, ttl=60, timeout=timeout, breaker=CircuitBreaker(failures, reset))
+    breaker = CircuitBreaker(failures, reset)
+    return RedisCache(url, ttl=60, timeout=timeout, breaker=breaker, namespace=namespace)
 
 
 class Spy:
@@ -150,31 +159,33 @@ class Spy:
 
 
 def test_redis_stores_prices_with_the_ttl_and_batches_in_one_round_trip(
-    redis_db: redis.Redis[bytes],
+    redis_db: redis.Redis[bytes], redis_namespace: str
 ) -> None:
     async def scenario() -> None:
-        cache = _redis_cache(REDIS_URL)
+        cache = _redis_cache(REDIS_URL, timeout=2)
         spy = Spy(cache._redis)
         cache._redis = spy
-        keys = [f"{KEY_PREFIX}:test:{i}" for i in range(500)]
+        keys = [f"{redis_namespace}{i}" for i in range(500)]
         await cache.set_many({k: i + 0.25 for i, k in enumerate(keys)})
-        got = await cache.get_many([*keys, "missing"])
+        got = await cache.get_many([*keys, f"{redis_namespace}missing"])
         assert got == [i + 0.25 for i in range(500)] + [None]
         assert spy.calls == ["pipeline", "mget"]  # one pipeline (one round trip), one MGET
         await cache.aclose()
 
     run(scenario())
-    ttl = redis_db.ttl(f"{KEY_PREFIX}:test:0")
+    ttl = redis_db.ttl(f"{redis_namespace}0")
     assert 55 <= ttl <= 60
 
 
-def test_a_garbled_value_in_redis_is_a_miss(redis_db: redis.Redis[bytes]) -> None:
-    redis_db.set(f"{KEY_PREFIX}:test:bad", b"not a float")
+def test_a_garbled_value_in_redis_is_a_miss(
+    redis_db: redis.Redis[bytes], redis_namespace: str
+) -> None:
+    redis_db.set(f"{redis_namespace}bad", b"not a float")
 
     async def scenario() -> list[float | None]:
-        cache = _redis_cache(REDIS_URL)
+        cache = _redis_cache(REDIS_URL, timeout=2)
         try:
-            return await cache.get_many([f"{KEY_PREFIX}:test:bad"])
+            return await cache.get_many([f"{redis_namespace}bad"])
         finally:
             await cache.aclose()
 
@@ -208,25 +219,28 @@ def test_redis_down_means_misses_within_the_timeout_then_the_breaker_skips_it(
         return durations
 
     durations = run(scenario())
-    # Each call is bounded by the timeout; after 3 failures the breaker skips Redis entirely.
-    assert max(durations) < 0.5, durations
-    assert sum(durations[2:]) < 0.05, durations
+    # Each call is bounded by the timeout (0.1 s; the bound allows for a loaded machine, a
+    # call without one would hang on the black hole); after 3 failures the breaker skips
+    # Redis entirely (counted, not timed).
+    assert max(durations) < 5, durations
     assert counted("error") - errors_before == 3
     assert counted("skipped") - skipped_before == 17
     if outage == "black-holed":
         assert black_hole.connections >= 1
 
 
-def test_redis_is_used_again_once_it_answers(redis_db: redis.Redis[bytes]) -> None:
+def test_redis_is_used_again_once_it_answers(redis_namespace: str) -> None:
+    key = f"{redis_namespace}k"
+
     async def scenario() -> None:
-        cache = _redis_cache(REDIS_URL, failures=1, reset=0.05)
+        cache = _redis_cache(REDIS_URL, timeout=2, failures=1, reset=0.05)
         cache.breaker.failure()  # as if Redis had just failed
         assert cache.breaker.state == "open"
-        assert await cache.get_many(["k"]) == [None]  # skipped, open
+        assert await cache.get_many([key]) == [None]  # skipped, open
         await asyncio.sleep(0.06)
-        await cache.set_many({"k": 2.0})  # the trial call succeeds
+        await cache.set_many({key: 2.0})  # the trial call succeeds
         assert str(cache.breaker.state) == "closed"
-        assert await cache.get_many(["k"]) == [2.0]
+        assert await cache.get_many([key]) == [2.0]
         await cache.aclose()
 
     run(scenario())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,12 +35,23 @@ class CountingLoader:
         return load_version(registry, info)
 
 
+class Clock:
+    """The backoff's clock: it moves only when a test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def store_for(
     registry: ServingRegistry,
     loader: Callable[[Registry, VersionInfo], LoadedModel] | None = None,
     alias: str = "production",
     pinned_max: int = 4,
     timeout: float = 10,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ModelStore:
     return ModelStore(
         Registry(registry.uri, MODEL, timeout),
@@ -48,6 +60,7 @@ def store_for(
         pinned_max=pinned_max,
         registry_timeout=timeout,
         loader=loader or CountingLoader(),
+        clock=clock,
     )
 
 
@@ -119,7 +132,7 @@ def test_a_broken_new_version_is_rejected_and_the_previous_keeps_serving(
 ) -> None:
     async def scenario() -> None:
         loader = CountingLoader()
-        store = store_for(registry, loader)
+        store = store_for(registry, loader, clock=Clock())
         await store.refresh()
         before = failed_loads(reason)
         registry.set_alias(broken)
@@ -140,14 +153,22 @@ def test_a_broken_new_version_is_rejected_and_the_previous_keeps_serving(
 def test_a_broken_version_is_retried_after_a_backoff(registry: ServingRegistry) -> None:
     async def scenario() -> None:
         loader = CountingLoader()
-        store = store_for(registry, loader)
+        clock = Clock()
+        store = store_for(registry, loader, clock=clock)
         registry.set_alias("4")
         assert await store.refresh() is False
         assert not store.ready
-        await asyncio.sleep(0.06)  # backoff: reload_interval * 1
+        await store.refresh()  # within the backoff: not retried
+        assert loader.calls == ["4"]
+        clock.now += 0.06  # past the backoff: reload_interval (0.05) * 1
         await store.refresh()
-        await store.refresh()  # second failure: backoff doubled, not retried at once
         assert loader.calls == ["4", "4"]
+        clock.now += 0.06
+        await store.refresh()  # second failure: backoff doubled (0.1), not retried yet
+        assert loader.calls == ["4", "4"]
+        clock.now += 0.06
+        await store.refresh()
+        assert loader.calls == ["4", "4", "4"]
 
     run(scenario())
 
@@ -193,20 +214,26 @@ def test_an_unknown_pinned_version_is_not_found(registry: ServingRegistry, versi
 
 
 def test_a_registry_that_hangs_is_given_up_after_the_timeout(registry: ServingRegistry) -> None:
+    answer = threading.Event()
+
     class SlowRegistry(Registry):
         def get_version(self, version: str) -> VersionInfo | None:
-            time.sleep(1)
+            answer.wait(60)  # hangs until the test is done with it
             return None
 
     async def scenario() -> float:
         store = store_for(registry, timeout=0.2)
         store.registry = SlowRegistry(registry.uri, MODEL, 0.2)
         started = time.perf_counter()
-        with pytest.raises(RegistryUnavailable, match="did not answer"):
-            await store.get("2")
-        return time.perf_counter() - started
+        try:
+            with pytest.raises(RegistryUnavailable, match="did not answer"):
+                await store.get("2")
+            return time.perf_counter() - started
+        finally:
+            answer.set()  # let the worker thread end (the loop waits for it on close)
 
-    assert run(scenario()) < 0.8
+    # Given up after 0.2 s, not after the 60 s the call would take (slack for a busy machine).
+    assert run(scenario()) < 10
 
 
 def test_the_poller_starts_and_stops(registry: ServingRegistry) -> None:
@@ -223,5 +250,39 @@ def test_the_poller_starts_and_stops(registry: ServingRegistry) -> None:
         assert np.isfinite(
             store.require_production().predict(store.require_production().example)
         ).all()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("turns", range(5))
+def test_stop_ends_the_poller_even_when_a_registry_call_has_just_returned(
+    registry: ServingRegistry, turns: int
+) -> None:
+    # The cause of a shutdown hang: on Python 3.11 asyncio.wait_for swallowed a cancellation
+    # arriving in the few loop turns between a worker thread's return and the poller's wake-up;
+    # the poller then polled on and stop() (the lifespan's shutdown) waited for it forever.
+    entered, release = threading.Event(), threading.Event()
+
+    class GatedRegistry(Registry):
+        def version_for_alias(self, alias: str) -> VersionInfo | None:
+            entered.set()
+            release.wait(30)
+            return None
+
+    async def scenario() -> None:
+        store = store_for(registry)
+        store.registry = GatedRegistry(registry.uri, MODEL, 10)
+        await store.start()
+        async with asyncio.timeout(30):
+            while not entered.is_set():  # the poller is in the call, in a worker thread
+                await asyncio.sleep(0.005)
+        release.set()
+        time.sleep(0.05)  # the loop is busy while the call returns (as on a loaded machine)
+        for _ in range(turns):  # its result travels to the poller, one loop turn at a time
+            await asyncio.sleep(0)
+        stopping = asyncio.create_task(store.stop())
+        done, _ = await asyncio.wait([stopping], timeout=10)
+        stopping.cancel()  # (if it hangs: cancels the poller again, so the test can end)
+        assert done, "stop() did not return: the poller went on polling"
 
     run(scenario())

@@ -68,7 +68,8 @@ def test_a_tracking_server_that_refuses_connections_fails_at_once(
     started = time.monotonic()
     with pytest.raises(RegistryUnavailable):
         Registry(f"http://127.0.0.1:{closed_port()}", MODEL, 2).version_for_alias("production")
-    assert time.monotonic() - started < 3  # no minutes of retries
+    # MLflow's defaults retry for minutes; the bound allows for a loaded machine.
+    assert time.monotonic() - started < 20
 
 
 def test_a_tracking_server_that_never_answers_times_out(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,6 +80,6 @@ def test_a_tracking_server_that_never_answers_times_out(monkeypatch: pytest.Monk
         started = time.monotonic()
         with pytest.raises(RegistryUnavailable):
             Registry(f"http://127.0.0.1:{hole.port}", MODEL, 1).version_for_alias("production")
-        assert time.monotonic() - started < 4
+        assert time.monotonic() - started < 20  # MLflow's default timeout is 120 s, retried
     finally:
         hole.close()

@@ -24,7 +24,7 @@ from serving.store.database import (
     upgrade,
 )
 from serving.store.tables import ApiKey, Base, User
-from tests.serving.auth_support import postgres_database
+from tests.serving.services import postgres_database
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from serving.store import predictions
 from serving.store.database import create_db_engine, upgrade
 from serving.store.predictions import Feedback, Window
-from tests.serving.auth_support import postgres_database
+from tests.serving.services import postgres_database
 
 T0 = datetime(2026, 11, 30, 23, 0, tzinfo=UTC)
 
