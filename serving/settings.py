@@ -184,8 +184,8 @@ def describe_errors(exc: ValidationError | SettingsError) -> str:
     ``SettingsError`` (a list or dict variable that is not JSON).
     """
     if isinstance(exc, SettingsError):
-        field = re.search(r'field "(\w+)"', str(exc))
-        name = f"CARPRICE_{field[1].upper()}" if field else "a CARPRICE_* variable"
+        found = re.search(r'field "(\w+)"', str(exc))
+        name = f"CARPRICE_{found[1].upper()}" if found else "a CARPRICE_* variable"
         return f'{name}: not valid JSON (a list looks like ["a", "b"])'
     problems = []
     for error in exc.errors(include_url=False, include_input=False):

@@ -18,7 +18,7 @@ from serving.monitoring.prediction_log import PredictionLog
 from serving.store import predictions
 from serving.store.database import create_db_engine, upgrade
 from serving.store.predictions import Window
-from tests.serving.auth_support import postgres_database
+from tests.serving.services import postgres_database
 
 CAR = make_row(
     {
