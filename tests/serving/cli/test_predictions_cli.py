@@ -16,7 +16,7 @@ from carprice.cli import app
 from serving.settings import get_settings
 from serving.store import predictions
 from serving.store.database import create_db_engine, upgrade
-from tests.serving.auth_support import postgres_database
+from tests.serving.services import postgres_database
 from tests.serving.store.test_predictions import record
 
 NOW = datetime.now(UTC)

@@ -26,8 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.store import predictions
 from serving.store.database import create_db_engine, upgrade
 from serving.store.predictions import Window
-from tests.serving.auth_support import postgres_database
 from tests.serving.live import closed_port, wait_ready
+from tests.serving.services import postgres_database
 from tests.serving.support import CAR, TEST_SECRET, ServingRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.timeout(240)]
