@@ -27,7 +27,7 @@ from serving.api.bodies import JsonLimits
 from serving.api.errors import install_error_handlers
 from serving.api.fastlane import FastLane
 from serving.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
-from serving.api.routers import admin, auth, v1, v2
+from serving.api.routers import admin, auth, monitoring, v1, v2
 from serving.api.security import close_auth, install, open_auth
 from serving.inference.batching import MicroBatcher
 from serving.inference.cache import build_cache
@@ -108,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if prediction_log is not None:
             prediction_log.start()
         await open_auth(app.state, settings)
+        # The monitor stores its drift reports beside the log: the API only reads them.
+        app.state.monitoring_store = log_engine
         await models.start()
         if settings.gc_freeze:
             # Everything loaded so far lives as long as the process: stop re-scanning it.
@@ -147,6 +149,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install(app, settings)  # CORS, rate-limit headers, 401/403/429 mapping
     app.include_router(auth.router)
     app.include_router(admin.router)
+    app.include_router(monitoring.router)
     app.include_router(v1.router)
     app.include_router(v2.router)
     # Added last = outermost of the stack behind the fast lane: the request id and access log

@@ -154,6 +154,26 @@ class Settings(BaseSettings):
     """Days of predictions ``carprice predictions prune`` keeps when no ``--older-than`` is
     given (unset: prune needs ``--older-than``)."""
 
+    # --- drift monitoring (carprice drift report / carprice monitor) ---
+    drift_window_rows: int = Field(5_000, ge=1)
+    """Logged cars a drift report reads by default (the production version's newest);
+    ``carprice monitor --window`` and ``carprice drift report --last`` override it."""
+    drift_min_rows: int = Field(500, ge=2)
+    """Fewest logged cars a drift report is computed on: fewer give no report (exit 2, or a
+    skipped monitor run), since distances between tiny samples are mostly noise."""
+    drift_share: float = Field(0.5, gt=0, le=1)
+    """Share of the 16 features that must drift for the data set to count as drifted
+    (Evidently's rule and default)."""
+    drift_reports_dir: str = "drift-reports"
+    """Folder of the monitor's HTML reports (the API serves them from here, so both must see
+    the same folder; the JSON is in the database)."""
+    drift_reports_keep: int = Field(500, ge=1)
+    """HTML reports the monitor keeps in ``drift_reports_dir`` (older files are deleted; their
+    JSON stays in the database and their HTML in MLflow)."""
+    evidently_workspace: str | None = None
+    """A local Evidently workspace folder the monitor adds each run to (``evidently ui
+    --workspace DIR`` then shows the history); unset: none."""
+
     @property
     def prediction_log_database_url(self) -> str:
         """Where the prediction log lives: ``prediction_log_url``, else ``database_url``."""

@@ -1,5 +1,5 @@
 """Serving commands of the ``carprice`` CLI (``serve``, ``users``, ``keys``, ``db``,
-``predictions``, ``feedback``)."""
+``predictions``, ``feedback``, ``drift``, ``monitor``)."""
 
 from __future__ import annotations
 
@@ -23,3 +23,9 @@ def register(app: typer.Typer) -> None:
     from serving.cli.serve import serve
 
     app.command("serve")(serve)
+
+    from serving.cli.drift import drift_app
+    from serving.cli.monitor import monitor
+
+    app.add_typer(drift_app, name="drift")
+    app.command("monitor")(monitor)

@@ -8,8 +8,10 @@ table is a new class here plus a new migration.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -156,3 +158,33 @@ class PredictionLog(Base):
     doors: Mapped[int | None] = mapped_column(Integer)
     actual_price: Mapped[float | None] = mapped_column(Float, default=None)
     feedback_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), default=None)
+
+
+class DriftReportRecord(Base):
+    """One drift report of the monitor (``carprice monitor``): its ``drift.json`` summary, and
+    where its Evidently HTML is (a file under the reports folder, and an MLflow artifact).
+
+    Written by :mod:`serving.monitoring.monitor` through :mod:`serving.store.drift_reports`;
+    the API serves the newest (``GET /v1/monitoring/drift``) without importing Evidently.
+    """
+
+    __tablename__ = "drift_reports"
+    __table_args__ = (
+        Index("ix_drift_reports_model_name_created_at", "model_name", "created_at"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    model_name: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(64))
+    dataset_drift: Mapped[bool] = mapped_column(Boolean)
+    drift_share: Mapped[float] = mapped_column(Float)
+    current_rows: Mapped[int] = mapped_column(Integer)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    html_file: Mapped[str | None] = mapped_column(String(255), default=None)
+    """The HTML's name under the reports folder (``CARPRICE_DRIFT_REPORTS_DIR``)."""
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    """The model version's run the report was logged to (``None``: MLflow was unreachable)."""
+    mlflow_artifact: Mapped[str | None] = mapped_column(String(255), default=None)
+    """The HTML's artifact path in that run."""

@@ -48,7 +48,8 @@ def test_migrations_ship_with_the_package() -> None:
     assert (MIGRATIONS_DIR / "script.py.mako").is_file()
     assert list((MIGRATIONS_DIR / "versions").glob("0001_*.py"))
     assert list((MIGRATIONS_DIR / "versions").glob("0002_*.py"))
-    assert head_revision() == "0002"
+    assert list((MIGRATIONS_DIR / "versions").glob("0003_*.py"))
+    assert head_revision() == "0003"
 
 
 def test_upgrade_from_empty(empty_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
