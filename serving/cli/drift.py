@@ -88,7 +88,9 @@ def report(
         if (start or end)
         else Window(last=last or settings.drift_window_rows)
     )
-    engine = create_db_engine(settings.prediction_log_database_url)
+    engine = create_db_engine(
+        settings.prediction_log_database_url, timeout=settings.prediction_log_timeout
+    )
     job = DriftJob(
         Registry(settings.mlflow_tracking_uri, settings.model_name, settings.registry_timeout),
         engine,

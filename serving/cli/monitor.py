@@ -49,7 +49,9 @@ def monitor(
     from serving.store.database import create_db_engine
 
     logs.configure(settings.log_level)
-    engine = create_db_engine(settings.prediction_log_database_url)
+    engine = create_db_engine(
+        settings.prediction_log_database_url, timeout=settings.prediction_log_timeout
+    )
     job = DriftJob(
         Registry(settings.mlflow_tracking_uri, settings.model_name, settings.registry_timeout),
         engine,

@@ -16,7 +16,8 @@ class TcpProxy:
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        assert parts.hostname and parts.port, f"{url} needs an explicit host and port"
+        assert parts.hostname, f"{url} needs a host"
+        assert parts.port, f"{url} needs an explicit port"
         self._target = (parts.hostname, parts.port)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -41,6 +42,8 @@ class TcpProxy:
     def stop(self) -> None:
         listener, self._listener = self._listener, None
         if listener is not None:
+            with contextlib.suppress(OSError):
+                listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it
             listener.close()
         with self._lock:
             for conn in self._open:

@@ -1,4 +1,5 @@
-"""``carprice drift report``: files in the issue's shape, exit 3 on drift, exit 2 on too few rows."""
+"""``carprice drift report``: files in the issue's shape, exit 3 on drift, exit 2 on too few
+rows."""
 
 from __future__ import annotations
 
@@ -13,12 +14,7 @@ from typer.testing import CliRunner
 from carprice.cli import app
 from serving.inference.model import LoadedModel
 from serving.settings import get_settings
-from tests.serving.monitoring.conftest import (  # noqa: F401 - fixtures
-    DriftRegistry,
-    drift_model,
-    drift_registry,
-    log_db,
-)
+from tests.serving.drift_support import DriftRegistry
 from tests.serving.monitoring.logged import log_cars
 
 # Most features shifted: the share of drifted features passes Evidently's 0.5.
@@ -30,8 +26,8 @@ DRIFTED = (
 
 @pytest.fixture
 def env(
-    drift_registry: DriftRegistry,  # noqa: F811
-    log_db: tuple[str, Engine],  # noqa: F811
+    drift_registry: DriftRegistry,
+    log_db: tuple[str, Engine],
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Engine]:
     url, engine = log_db
@@ -51,7 +47,7 @@ def run(*args: str) -> tuple[int, str, str]:
 
 def test_too_few_rows_is_exit_2_and_no_report(
     env: Engine,
-    drift_model: LoadedModel,  # noqa: F811
+    drift_model: LoadedModel,
     tmp_path: Path,
 ) -> None:
     log_cars(env, drift_model, 120, seed=50)
@@ -83,7 +79,7 @@ def test_bad_options_are_one_line_errors(
 
 def test_a_drifted_window_writes_the_report_and_exits_3(
     env: Engine,
-    drift_model: LoadedModel,  # noqa: F811
+    drift_model: LoadedModel,
     tmp_path: Path,
 ) -> None:
     log_cars(env, drift_model, 200, seed=51)  # older traffic, outside --last

@@ -54,7 +54,9 @@ def log_cars(
             record[name] = int(value) if integer and value is not None else value
         records.append(record)
     with engine.begin() as connection:
-        predictions.append(connection, records)
+        predictions.append(
+            connection, [tuple(r[c] for c in predictions.LOGGED_COLUMNS) for r in records]
+        )
     if feedback > 0:
         rng = np.random.default_rng(seed)
         truth = cars["selling_price"].to_numpy()

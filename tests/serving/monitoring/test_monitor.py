@@ -19,10 +19,10 @@ from serving.monitoring.drift_job import DriftJob
 from serving.monitoring.monitor import Monitor
 from serving.store import drift_reports
 from serving.store.database import create_db_engine, upgrade
-from tests.serving.auth_support import postgres_database
-from tests.serving.monitoring.conftest import DriftRegistry
+from tests.serving.drift_support import DriftRegistry
 from tests.serving.monitoring.logged import log_cars
 from tests.serving.proxy import TcpProxy
+from tests.serving.services import postgres_database
 from tests.serving.support import MODEL
 
 
@@ -143,7 +143,8 @@ def test_outages_count_failed_runs_keep_the_gauges_and_recover(
             share = gauge("carprice_drift_share", model_version="1")
             mae = gauge("carprice_live_mae", model_version="1")
             stamp = gauge("carprice_monitor_last_run_timestamp_seconds")
-            assert share is not None and mae is not None
+            assert share is not None
+            assert mae is not None
 
             for outage in (db, ml):
                 outage.stop()  # refused connections, then nothing listening

@@ -1,6 +1,6 @@
-"""Fixtures of the drift tests: their own MLflow registry (one small model whose reference
-sample has 2,000 rows, like the pipeline's: above Evidently's 1,000-row switch to distance
-tests) and a migrated prediction-log database per test."""
+"""Fixtures of the drift tests (registered in tests/serving/conftest.py): their own MLflow
+registry (one small model whose reference sample has 2,000 rows, like the pipeline's: above
+Evidently's 1,000-row switch to distance tests) and a migrated prediction-log database."""
 
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ def drift_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DriftRe
     root = tmp_path_factory.mktemp("drift-mlflow")
     uri = f"sqlite:///{root}/mlflow.db"
     previous = mlflow.get_tracking_uri()
+    previous_registry = mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
         exp = mlflow.create_experiment("drift", artifact_location=(root / "artifacts").as_uri())
         mlflow.set_experiment(experiment_id=exp)
@@ -57,6 +59,7 @@ def drift_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DriftRe
         yield DriftRegistry(uri=uri, run_id=run["run_id"])
     finally:
         mlflow.set_tracking_uri(previous)
+        mlflow.set_registry_uri(previous_registry)
 
 
 @pytest.fixture(scope="session")
