@@ -14,10 +14,12 @@ UV_VERSION := 0.13.9
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.uv/bin/uv)
 
 $(CURDIR)/.uv/bin/uv:
+	@echo "==> no uv on PATH: installing uv $(UV_VERSION) into .uv/ (once, ~10 s)"
 	$(PYTHON) -m venv .uv
 	.uv/bin/python -m pip install -q uv==$(UV_VERSION)
 
 $(BIN)/carprice: pyproject.toml uv.lock | $(UV)
+	@echo "==> installing the project and its pinned dependencies into .venv (uv.lock)"
 	$(UV) sync --frozen --extra dev
 	touch $(BIN)/carprice
 
@@ -28,6 +30,7 @@ setup: $(BIN)/carprice ## create .venv and install the project with its dev tool
 
 data: setup ## make the raw data that data.dvc tracks (pulled from the DVC remote, else regenerated)
 	@if [ ! -f data/raw/cars.csv ]; then \
+	  echo "==> data/raw/cars.csv: pulling it from the DVC remote, else generating $(ROWS) rows"; \
 	  dvc pull -q data.dvc 2>/dev/null || { \
 	    carprice data sample --rows $(ROWS) --seed $(SEED) --out data/raw/cars.csv && \
 	    dvc commit -q -f data.dvc && \
@@ -37,10 +40,15 @@ data: setup ## make the raw data that data.dvc tracks (pulled from the DVC remot
 	dvc status data.dvc
 
 train: data ## run the pipeline: validate -> preprocess -> train -> evaluate
+	@echo "==> dvc repro: validate, preprocess, train (cross-validated), evaluate, register"
 	dvc repro
 
-run: train ## train, create a demo admin + API key, serve the production model on :8000
-	CARPRICE_ENV=development carprice users bootstrap
+DEMO_KEY_FILE ?= .carprice-demo-key
+
+run: train ## train, create a demo admin + API key (kept in .carprice-demo-key), serve on :8000
+	@echo "==> demo access: an admin user and an API key, reused by later runs"
+	carprice users bootstrap --key-file $(DEMO_KEY_FILE)
+	@echo "==> serving the production model on http://127.0.0.1:8000 (docs: /docs, Ctrl-C stops)"
 	CARPRICE_ENV=development carprice serve
 
 serve: setup ## serve only (development settings; set CARPRICE_* for anything else)

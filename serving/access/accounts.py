@@ -15,7 +15,13 @@ from sqlalchemy import Table, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from serving.access.apikeys import GeneratedKey, KeyRecord, generate_api_key
+from serving.access.apikeys import (
+    GeneratedKey,
+    KeyRecord,
+    generate_api_key,
+    key_prefix,
+    secret_matches,
+)
 from serving.access.passwords import PasswordHasher
 from serving.access.principals import Role, UnknownApiKey, UnknownUser, UserExists
 from serving.store.database import Database
@@ -211,6 +217,15 @@ class Accounts:
                 username=username,
                 role=Role(role),
             )
+
+    def verify_key(self, key: str) -> KeyRecord | None:
+        """The record of ``key`` if it is a valid, active key (None: malformed, unknown, wrong
+        or revoked). For the CLI; requests go through the cached ``ApiKeyVerifier``."""
+        prefix = key_prefix(key)
+        record = self.find_key(prefix) if prefix else None
+        if record is None or record.revoked or not secret_matches(key, record):
+            return None
+        return record
 
     def record_key_use(self, used: Mapping[int, float]) -> None:
         """Store last-use times (Unix seconds) in one statement; never moves a time backwards."""

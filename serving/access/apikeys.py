@@ -76,6 +76,12 @@ def generate_api_key() -> GeneratedKey:
     return GeneratedKey(key=key, prefix=prefix, secret_hash=hash_api_key(key))
 
 
+def secret_matches(key: str, record: KeyRecord) -> bool:
+    """Whether ``key`` is the key ``record`` was stored for (constant-time: timing reveals
+    nothing about the secret)."""
+    return hmac.compare_digest(hash_api_key(key), record.secret_hash)
+
+
 def key_prefix(key: str) -> str | None:
     """The public prefix of a well-formed key, else ``None``."""
     if len(key) > MAX_KEY_LENGTH or not key.startswith(KEY_PREFIX) or not key.isascii():
@@ -117,8 +123,7 @@ class ApiKeyVerifier:
         record = await self.cache.get(prefix, self._find)
         if record is None:
             raise InvalidApiKey(f"unknown API key prefix {prefix}")
-        # Constant-time comparison of the hashes: timing reveals nothing about the secret.
-        if not hmac.compare_digest(hash_api_key(key), record.secret_hash):
+        if not secret_matches(key, record):
             raise InvalidApiKey(f"wrong secret for API key {prefix}")
         if record.revoked:
             raise InvalidApiKey(f"revoked API key {prefix}")

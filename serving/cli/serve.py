@@ -25,10 +25,10 @@ def serve(
 ) -> None:
     """Serve the registry's production model over HTTP (/v1, /v2, /docs, /metrics).
 
-    Settings come from ``CARPRICE_*`` variables and ``MLFLOW_TRACKING_URI`` (see
-    serving/README.md). SIGTERM or Ctrl-C stops accepting connections, lets in-flight
-    requests finish (up to ``CARPRICE_SHUTDOWN_TIMEOUT`` seconds) and writes the queued
-    prediction log. ``/metrics`` shows the totals of all workers.
+    Settings come from CARPRICE_* variables and MLFLOW_TRACKING_URI (see serving/README.md).
+    SIGTERM or Ctrl-C stops accepting connections, lets in-flight requests finish (up to
+    CARPRICE_SHUTDOWN_TIMEOUT seconds) and writes the queued prediction log. /metrics shows
+    the totals of all workers.
     """
     settings = load_settings()  # fail here, once, not in every worker
     made = fresh_multiprocess_dir() is None

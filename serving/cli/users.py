@@ -8,10 +8,12 @@ newest schema first when ``CARPRICE_DATABASE_MIGRATE_ON_START`` is on (the defau
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -155,17 +157,28 @@ def bootstrap(
     url: Annotated[str, typer.Option(help="Where the API listens (for the examples).")] = (
         "http://127.0.0.1:8000"
     ),
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Keep the key in this file (mode 0600) and reuse it on later runs while it "
+            "is valid, instead of creating another key each time."
+        ),
+    ] = None,
 ) -> None:
-    """Make sure an admin exists (with a generated password) and print a new API key for it.
+    """Make sure an admin exists (with a generated password) and print an API key for it.
 
-    For first start-up and the demo: prints the password (if the user was created now) and
-    the key once, with curl examples. Running it again adds another key.
+    For first start-up and the demo (make run uses --key-file .carprice-demo-key): prints the
+    password if the user was created now, the key, and curl examples. Without --key-file every
+    run adds another key.
     """
-    typer.echo(bootstrap_access(name, url))
+    typer.echo(bootstrap_access(name, url, key_file))
 
 
-def bootstrap_access(name: str = "admin", url: str = "http://127.0.0.1:8000") -> str:
-    """Create admin ``name`` if missing and a new key for it; the how-to-use text to print."""
+def bootstrap_access(
+    name: str = "admin", url: str = "http://127.0.0.1:8000", key_file: Path | None = None
+) -> str:
+    """Create admin ``name`` if missing and a key for it (or reuse the valid one in
+    ``key_file``); the how-to-use text to print."""
     with _accounts() as accounts:
         existing = {u.username: u for u in accounts.list_users()}.get(name)
         if existing is not None and existing.role != Role.ADMIN:
@@ -174,25 +187,57 @@ def bootstrap_access(name: str = "admin", url: str = "http://127.0.0.1:8000") ->
         if existing is None:
             password = secrets.token_urlsafe(12)
             accounts.create_user(name, password, Role.ADMIN)
-        key = accounts.create_key(name, "bootstrap").key
+        key = _kept_key(accounts, name, key_file)
+        reused = key is not None
+        if key is None:
+            key = accounts.create_key(name, "bootstrap").key
+            if key_file is not None:
+                _keep(key_file, key)
     lines = []
     if password is not None:
         lines.append(f"admin user {name!r} created, password: {password}  (shown once)")
     else:
-        lines.append(f"admin user {name!r} already exists (password unchanged)")
+        lines.append(
+            f"admin user {name!r} already exists (password unchanged; forgotten? "
+            f"`carprice users set-password {name}`)"
+        )
+    where = f" kept in {key_file}" if key_file is not None else " shown once"
+    state = "the same as last run" if reused else "new"
     lines += [
-        f"API key: {key}  (shown once; revoke with `carprice keys revoke ID`)",
+        f"API key ({state},{where}; revoke with `carprice keys revoke ID`):",
+        f"  {key}",
         "",
         "Use the key:",
-        f'  curl -H "X-API-Key: {key}" {url}/v1/models',
     ]
-    if password is not None:
-        lines += [
-            "Or log in for a bearer token (also the Authorize button of the docs):",
-            f"  curl -d username={name} -d password={password} {url}/v1/auth/token",
-            f"  {url}/docs",
-        ]
+    if key_file is not None:
+        lines.append(f"  KEY=$(cat {key_file})")
+        shown = "$KEY"
+    else:
+        shown = key
+    lines.append(f'  curl -H "X-API-Key: {shown}" {url}/v1/models')
+    lines += [
+        f"Or log in as {name!r} for a bearer token (also the Authorize button of the docs):",
+        f"  curl -d username={name} -d password={password or '...'} {url}/v1/auth/token",
+        f"  {url}/docs",
+    ]
     return "\n".join(lines)
+
+
+def _kept_key(accounts: Accounts, name: str, key_file: Path | None) -> str | None:
+    """The key in ``key_file`` if it is still an active key of ``name``."""
+    if key_file is None or not key_file.is_file():
+        return None
+    key = key_file.read_text(encoding="utf-8").strip()
+    record = accounts.verify_key(key)
+    return key if record is not None and record.username == name else None
+
+
+def _keep(key_file: Path, key: str) -> None:
+    """Write ``key`` to ``key_file``, readable by its owner only."""
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)  # an existing file keeps its mode otherwise
+        out.write(key + "\n")
 
 
 # --- keys ---
@@ -227,7 +272,7 @@ def list_keys(
 def revoke_key(
     key_id: Annotated[int, typer.Argument(help="Id from `carprice keys list`.")],
 ) -> None:
-    """Revoke an API key; running APIs refuse it within ``api_key_cache_ttl`` seconds."""
+    """Revoke an API key; running APIs refuse it within CARPRICE_API_KEY_CACHE_TTL seconds."""
     with _accounts() as accounts:
         try:
             key = accounts.revoke_key(key_id)
@@ -243,7 +288,7 @@ def revoke_key(
 def db_upgrade(
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
-    """Apply the migrations to ``CARPRICE_DATABASE_URL`` (what start-up does by default)."""
+    """Apply the migrations to CARPRICE_DATABASE_URL (what start-up does by default)."""
     from serving.store.database import current_revision, upgrade
 
     url = load_settings().database_url

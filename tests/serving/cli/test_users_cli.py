@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from carprice.cli import app
@@ -119,6 +121,49 @@ def test_bootstrap_creates_an_admin_and_a_key_and_says_how_to_use_them(
     assert "already exists" in out
     assert "password:" not in out
     assert len(run("keys", "list", "--user", "admin")[1].strip().splitlines()) == 2
+
+
+def test_bootstrap_with_a_key_file_reuses_the_key_until_it_is_revoked(
+    database_url: str, tmp_path: Path
+) -> None:
+    key_file = tmp_path / "demo-key"
+    code, first, _ = run("users", "bootstrap", "--key-file", str(key_file))
+    assert code == 0, first
+    key = key_file.read_text().strip()
+    assert key in first
+    assert f"KEY=$(cat {key_file})" in first
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    code, second, _ = run("users", "bootstrap", "--key-file", str(key_file))
+    assert code == 0
+    assert "the same as last run" in second
+    assert key in second
+    assert "set-password admin" in second  # how to log in when the password is gone
+    assert len(run("keys", "list", "--user", "admin")[1].strip().splitlines()) == 1
+    key_id = run("keys", "list", "--user", "admin")[1].split()[0]
+    assert run("keys", "revoke", key_id)[0] == 0
+    code, third, _ = run("users", "bootstrap", "--key-file", str(key_file))
+    assert code == 0
+    new_key = key_file.read_text().strip()
+    assert new_key != key
+    assert new_key in third
+    assert "new" in third
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [path]
+    for name, command in getattr(group, "commands", {}).items():  # typer vendors click
+        found += _commands(command, (*path, name))
+    return found
+
+
+def test_every_help_reads_as_plain_text() -> None:
+    for command in _commands(typer.main.get_command(app)):
+        code, out, _ = run(*command, "--help")
+        assert code == 0, (command, out)
+        assert "<bool>" not in out, command  # flags are --flag (or --flag/--no-flag)
+        assert "``" not in out, command  # no RST markup
+        assert ":class:" not in out, command
+        assert "╭" not in out, command  # no rich panels
 
 
 def test_db_upgrade_and_current(database_url: str) -> None:
