@@ -90,5 +90,8 @@ bench-ops: setup ## worker memory with the pinned LRU full, a hot swap under loa
 bench-knobs: setup ## the serving loads with one setting changed at a time (~12 min; needs wrk)
 	python benchmarks/serving_knobs.py
 
+bench-drift: setup ## `carprice drift report` on 50,000 logged cars vs a 5,000-row reference
+	python benchmarks/drift.py
+
 clean:
 	rm -rf data/processed models reports mlruns dvc_plots
