@@ -89,9 +89,7 @@ def measure(env: dict[str, str], out: Path, rows: int) -> dict[str, float]:
     import_wall = time.perf_counter() - import_started
     return {
         "wall_s": round(wall, 2),
-        "cpu_s": round(
-            (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2
-        ),
+        "cpu_s": round((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), 2),
         # ru_maxrss of children: the largest child so far (the report's process, not the
         # import-only one, which is far smaller)
         "peak_rss_mb": round(after.ru_maxrss / 1024, 1),
