@@ -56,6 +56,10 @@ def _run(settings: Settings, host: str, port: int, workers: int) -> None:
         access_log=False,  # the app writes its own, with request id and model version
         log_config=logs.uvicorn_log_config(settings.log_level),
         timeout_graceful_shutdown=int(settings.shutdown_timeout),
+        # uvicorn kills a worker that does not answer its supervisor's ping within this many
+        # seconds (default 5): on a loaded 2-core machine a worker importing MLflow and loading
+        # its model missed it and was killed, over and over, never serving.
+        timeout_worker_healthcheck=60,
         server_header=False,
     )
 

@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 from serving.main import create_app
 from serving.store import predictions
 from serving.store.predictions import Window
+from tests.serving.live import BlackHole
 from tests.serving.support import (
     ServingRegistry,
     cars,
@@ -150,3 +151,29 @@ def test_feedback_is_documented(served: tuple[FastAPI, TestClient]) -> None:
     op = client.get("/openapi.json").json()["paths"]["/v1/feedback"]["post"]
     assert {"200", "404", "409", "422", "503"} <= set(op["responses"])
     assert "first report stays" in op["responses"]["409"]["description"]
+
+
+def test_a_log_database_that_never_answers_costs_predictions_nothing(
+    registry: ServingRegistry,
+) -> None:
+    hole = BlackHole()
+    try:
+        settings = make_settings(
+            registry,
+            prediction_log_url=f"postgresql+psycopg://nobody@127.0.0.1:{hole.port}/log",
+            prediction_log_queue_max=3,
+            prediction_log_timeout=1,
+            shutdown_timeout=1,  # the queue cannot be written: do not wait for it
+        )
+        app = create_app(settings)
+        with running(app) as client:
+            started = time.perf_counter()
+            for _ in range(6):
+                assert client.post("/v1/predict", json=unique_car()).status_code == 200
+            assert time.perf_counter() - started < 5
+            assert app.state.prediction_log.dropped == 3  # 3 queued, 3 dropped and counted
+            assert "carprice_prediction_log_rows_dropped_total" in client.get("/metrics").text
+            unavailable = client.post("/v1/feedback", json={"request_id": "x", "actual_price": 1})
+            error_of(unavailable, 503, "prediction_log_unavailable")
+    finally:
+        hole.close()

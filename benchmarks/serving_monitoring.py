@@ -1,0 +1,466 @@
+"""Monitoring benchmark (issue 10): what the prediction log and the multiprocess metrics cost,
+and what they guarantee, in the production configuration.
+
+Run ``python benchmarks/serving_monitoring.py`` (``make bench-monitoring``, ~6 minutes). Every
+API here runs ``carprice serve --workers 2`` with the Redis cache and Redis rate limits on
+(Redis DB 7 on 127.0.0.1:6379, emptied first) and a fresh PostgreSQL database for the log.
+
+1. Overhead, side by side in one run: the API with the prediction log and the multiprocess
+   metrics on (``carprice serve``, log in PostgreSQL) against the same API with both off
+   (``CARPRICE_PREDICTION_LOG=false``, run by ``uvicorn --workers 2`` without
+   ``PROMETHEUS_MULTIPROC_DIR``: per-process metrics, as before this issue). Loads (``wrk``,
+   32 connections): ``/v1/predict`` with distinct cars (uncached), one car (cached), and
+   ``/v1/predict/batch`` with 1,000 distinct cars. The two sides alternate (ABBA) for
+   ``--rounds`` rounds; each ratio is the median of the rounds' ratios. Targets: cached and
+   uncached >= 95 %, batches >= 90 %.
+2. SIGTERM drain: 20 concurrent clients send uncached ``/v1/predict`` for ``--drain-seconds``
+   (15) seconds, each request with its own ``X-Request-ID``; then SIGTERM. Target: the set of
+   ids answered 200 equals the set of logged ids, none twice.
+3. Log database unreachable: the log's URL points at a proxy that accepts connections and
+   never answers; ``wrk`` runs uncached load for ``--duration`` seconds. Targets: no failed
+   request, p99 < 100 ms, drops counted in ``/metrics``; then the proxy passes connections to
+   PostgreSQL and logging resumes by itself (new requests appear in the log).
+4. Exact totals: N requests (8 clients, new connections spread over both workers), then 10
+   scrapes of ``/metrics``; target: ``http_requests_total{handler="/v1/predict"}`` grew by
+   exactly N in every scrape.
+
+Prints every figure and writes ``benchmarks/results/serving_monitoring.json``. Needs ``wrk``
+(Debian/Ubuntu: ``apt-get install -y wrk``), Redis and PostgreSQL on 127.0.0.1 (``make
+services``). The machine may be shared: the figures of one run are noisy, the paired ratios
+less so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(ROOT)  # as in benchmarks/serving.py: the project root, not this folder
+
+from benchmarks.serving import (  # noqa: E402 - after the sys.path fix above
+    DEFAULT_URI,
+    MODEL,
+    api_key,
+    cars,
+    free_port,
+    run_in_workdir,
+    server,
+    temp_model,
+    wait_http,
+    write_lines,
+    wrk,
+)
+
+RESULTS = ROOT / "benchmarks" / "results" / "serving_monitoring.json"
+REDIS = "redis://127.0.0.1:6379/7"
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=5, help="seconds per wrk slice")
+    parser.add_argument("--rounds", type=int, default=4, help="ABBA rounds of the overhead")
+    parser.add_argument("--drain-seconds", type=float, default=15)
+    parser.add_argument("--exact-requests", type=int, default=2000)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--temp-model", action="store_true", help="train a model here")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    return run_in_workdir(args, "carprice-bench-monitoring-", _run)
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    import psycopg
+
+    name = f"carprice_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class Proxy:
+    """TCP proxy to PostgreSQL: ``up`` forwards; down accepts and never answers."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            if not self.up:
+                self.held.append(client)
+                continue
+            upstream = socket.create_connection(("127.0.0.1", 5432))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+
+def scrape(base: str) -> str:
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as r:  # noqa: S310 - 127.0.0.1
+        return str(r.read().decode())
+
+
+def metric_sum(text: str, family: str, **labels: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for metric in text_string_to_metric_families(text):
+        for s in metric.samples:
+            if s.name == family and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def logged_ids(url: str) -> list[str]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as c:
+            return [r[0] for r in c.execute(text("SELECT request_id FROM prediction_log"))]
+    finally:
+        engine.dispose()
+
+
+def _run(args: argparse.Namespace, workdir: Path) -> int:
+    import redis
+
+    from serving.store.database import upgrade
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    if args.temp_model:
+        print("training a temporary model ...", flush=True)
+        uri = temp_model(workdir)
+    print(f"model: {MODEL}@production from {uri}", flush=True)
+    redis.Redis.from_url(REDIS).flushdb()
+    pool = cars(60_000, seed=7)
+    one = next(c for c in pool if all(v is not None for v in c.values()))
+    stream = write_lines(workdir / "stream.jsonl", pool[1000:])
+    single = write_lines(workdir / "single.jsonl", [one])
+    batch = write_lines(workdir / "batch.jsonl", [pool[:1000]])
+    venv_bin = Path(sys.executable).parent
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": uri,
+        "PYTHONUNBUFFERED": "1",
+        "CARPRICE_ENV": "test",
+        "CARPRICE_JWT_SECRET": secrets.token_hex(32),
+        "CARPRICE_RELOAD_INTERVAL": "3600",
+        "CARPRICE_CACHE_URL": REDIS,  # cache and (reused) rate limits in Redis
+        "CARPRICE_RATELIMIT_NAMESPACE": f"carprice-bench:{secrets.token_hex(4)}:",
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    key = api_key(env, workdir, venv_bin)
+    offset = 0
+    report: dict[str, Any] = {"model": uri, "cpus": os.cpu_count(), "rounds": args.rounds}
+
+    def serve_cmd(port: int) -> list[str]:
+        return [str(venv_bin / "carprice"), "serve", "--port", str(port), "--workers", "2"]
+
+    def load(url: str, kind: str) -> dict[str, Any]:
+        nonlocal offset
+        if kind == "cached":
+            wrk(url, single, "single", args, seconds=1, api_key=key)
+            result = wrk(url, single, "single", args, api_key=key)
+        elif kind == "uncached":
+            result = wrk(url, stream, "cycle", args, offset=offset, api_key=key)
+        else:
+            result = wrk(f"{url}/batch", batch, "perturb", args, offset=offset, api_key=key)
+        offset += result["requests"] + 1000
+        return result | {"value": result["requests_per_s"] * (1000 if kind == "batch" else 1)}
+
+    with pg_database() as log_url:
+        upgrade(log_url)
+        on_env = env | {"CARPRICE_PREDICTION_LOG_URL": log_url}
+        off_env = env | {"CARPRICE_PREDICTION_LOG": "false"}
+        # 1. overhead
+        with contextlib.ExitStack() as stack:
+            on_port, off_port = free_port(), free_port()
+            print("starting the API with log + metrics on, and with both off ...", flush=True)
+            stack.enter_context(
+                server(serve_cmd(on_port), on_env, _ready(on_port), workdir / "on.log")
+            )
+            off_cmd = [
+                sys.executable, "-m", "uvicorn", "serving.main:app", "--port", str(off_port),
+                "--workers", "2", "--no-access-log", "--no-server-header",
+                "--log-level", "warning",
+            ]  # fmt: skip
+            stack.enter_context(server(off_cmd, off_env, _ready(off_port), workdir / "off.log"))
+            sides = {
+                "on": f"http://127.0.0.1:{on_port}/v1/predict",
+                "off": f"http://127.0.0.1:{off_port}/v1/predict",
+            }
+            for url in sides.values():  # warm both workers of each
+                wrk(url, stream, "cycle", args, offset=offset, seconds=3, api_key=key)
+                offset += 200_000
+            overhead: dict[str, Any] = {}
+            for kind in ("uncached", "cached", "batch"):
+                ratios, per_round = [], []
+                for r in range(args.rounds):
+                    order = ["on", "off"] if r % 2 == 0 else ["off", "on"]
+                    got = {side: load(sides[side], kind) for side in order}
+                    ratios.append(got["on"]["value"] / got["off"]["value"])
+                    per_round.append(got)
+                    print(
+                        f"  {kind} round {r + 1}: on {got['on']['value']:.0f}, "
+                        f"off {got['off']['value']:.0f} ({ratios[-1]:.1%}); errors "
+                        f"{got['on']['errors']}/{got['off']['errors']}",
+                        flush=True,
+                    )
+                overhead[kind] = {
+                    "ratio_median": statistics.median(ratios),
+                    "ratios": ratios,
+                    "on_median": statistics.median(g["on"]["value"] for g in per_round),
+                    "off_median": statistics.median(g["off"]["value"] for g in per_round),
+                    "on_p99_ms": statistics.median(g["on"]["p99_ms"] for g in per_round),
+                    "off_p99_ms": statistics.median(g["off"]["p99_ms"] for g in per_round),
+                    "rounds": per_round,
+                }
+            report["overhead"] = overhead
+            # 4. exact totals (on the "on" server, still running)
+            report["exact"] = _exact(f"http://127.0.0.1:{on_port}", key, args.exact_requests)
+            print(f"  exact totals: {json.dumps(report['exact'])}", flush=True)
+
+    # 2. SIGTERM drain, on its own database
+    with pg_database() as log_url:
+        upgrade(log_url)
+        report["drain"] = _drain(serve_cmd, env | {"CARPRICE_PREDICTION_LOG_URL": log_url},
+                                 log_url, key, pool, args, workdir)  # fmt: skip
+        print(f"  drain: {json.dumps({k: v for k, v in report['drain'].items()})}", flush=True)
+
+    # 3. unreachable log database
+    with pg_database() as log_url:
+        upgrade(log_url)
+        proxy = Proxy()
+        proxied = log_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        port = free_port()
+        down_env = env | {
+            "CARPRICE_PREDICTION_LOG_URL": proxied,
+            "CARPRICE_PREDICTION_LOG_QUEUE_MAX": "2000",
+            "CARPRICE_PREDICTION_LOG_TIMEOUT": "2",
+        }
+        with server(serve_cmd(port), down_env, _ready(port), workdir / "down.log"):
+            base = f"http://127.0.0.1:{port}"
+            url = f"{base}/v1/predict"
+            result = wrk(url, stream, "cycle", args, offset=offset, seconds=10, api_key=key)
+            offset += result["requests"] + 1000
+            text = scrape(base)
+            dropped = metric_sum(text, "carprice_prediction_log_rows_dropped_total")
+            errors = metric_sum(text, "carprice_prediction_log_write_errors_total")
+            proxy.up = True
+            started = time.monotonic()
+            resumed = None
+            while time.monotonic() - started < 60:
+                probe = f"resume-{secrets.token_hex(4)}"
+                _post(url, key, pool[int(time.monotonic() * 1000) % 50_000], probe)
+                time.sleep(0.5)
+                if probe in set(logged_ids(log_url)):
+                    resumed = time.monotonic() - started
+                    break
+            report["unreachable"] = {
+                "requests": result["requests"],
+                "requests_per_s": result["requests_per_s"],
+                "failed_requests": result["errors"],
+                "p50_ms": result["p50_ms"],
+                "p99_ms": result["p99_ms"],
+                "max_ms": result["max_ms"],
+                "rows_dropped_counted": dropped,
+                "write_errors_counted": errors,
+                "resumed_after_s": resumed,
+                "rows_logged_after_resume": len(logged_ids(log_url)),
+            }
+            print(f"  unreachable: {json.dumps(report['unreachable'])}", flush=True)
+
+    report["targets"] = _targets(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print()
+    for t in report["targets"]:
+        print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['value']}")
+    print(f"\nwritten to {args.out}")
+    return 0 if all(t["met"] for t in report["targets"]) else 1
+
+
+def _ready(port: int) -> str:
+    return f"http://127.0.0.1:{port}/v2/health/ready"
+
+
+def _post(url: str, key: str, car: dict[str, Any], request_id: str) -> int:
+    body = json.dumps(car).encode()
+    request = urllib.request.Request(  # noqa: S310 - 127.0.0.1 only
+        url,
+        data=body,
+        headers={"Content-Type": "application/json", "X-API-Key": key, "X-Request-ID": request_id},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:  # noqa: S310
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def _exact(base: str, key: str, n: int) -> dict[str, Any]:
+    before = metric_sum(scrape(base), "http_requests_total", handler="/v1/predict")
+    counter = iter(range(n))
+    lock = threading.Lock()
+    statuses: list[int] = []
+
+    def client() -> None:
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            car = {"brand": "Toyota", "model": "Corolla", "fuel_type": "Petrol",
+                   "transmission": "Manual", "seller_type": "Dealer", "year": 2019,
+                   "km_driven": 1000 + i, "doors": 4}  # fmt: skip
+            status = _post(f"{base}/v1/predict", key, car, f"exact-{i}")
+            with lock:
+                statuses.append(status)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seen = [
+        metric_sum(scrape(base), "http_requests_total", handler="/v1/predict") - before
+        for _ in range(10)
+    ]
+    return {"requests": n, "answered": len(statuses), "scrapes": seen}
+
+
+def _drain(
+    serve_cmd: Any,
+    env: dict[str, str],
+    log_url: str,
+    key: str,
+    pool: list[dict[str, Any]],
+    args: argparse.Namespace,
+    workdir: Path,
+) -> dict[str, Any]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/predict"
+    with (workdir / "drain.log").open("wb") as out:
+        proc = subprocess.Popen(serve_cmd(port), cwd=ROOT, env=env, stdout=out, stderr=out)
+        try:
+            wait_http(_ready(port), 240, proc)
+            answered: list[str] = []
+            others: list[int] = []
+            lock = threading.Lock()
+            stop = threading.Event()
+
+            def client(c: int) -> None:
+                for i in range(10**9):
+                    if stop.is_set():
+                        return
+                    rid = f"drain-{c}-{i}"
+                    try:
+                        status = _post(url, key, pool[(c * 2003 + i) % len(pool)], rid)
+                    except OSError:
+                        if proc.poll() is not None or stop.is_set():
+                            return
+                        time.sleep(0.01)
+                        continue
+                    with lock:
+                        (answered.append(rid) if status == 200 else others.append(status))
+
+            threads = [threading.Thread(target=client, args=(c,)) for c in range(20)]
+            for t in threads:
+                t.start()
+            time.sleep(args.drain_seconds)
+            signalled = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(120)
+            exit_s = time.monotonic() - signalled
+            stop.set()
+            for t in threads:
+                t.join(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    logged = [r for r in logged_ids(log_url) if r.startswith("drain-")]
+    return {
+        "answered_200": len(answered),
+        "other_statuses": len(others),
+        "logged": len(logged),
+        "logged_distinct": len(set(logged)),
+        "answered_not_logged": len(set(answered) - set(logged)),
+        "logged_not_answered": len(set(logged) - set(answered)),
+        "exit_code": code,
+        "exit_seconds_after_sigterm": round(exit_s, 2),
+    }
+
+
+def _targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    o, d, u, e = r["overhead"], r["drain"], r["unreachable"], r["exact"]
+    return [
+        {"target": "uncached /v1/predict on/off >= 95%",
+         "value": f"{o['uncached']['ratio_median']:.1%}",
+         "met": o["uncached"]["ratio_median"] >= 0.95},
+        {"target": "cached /v1/predict on/off >= 95%",
+         "value": f"{o['cached']['ratio_median']:.1%}",
+         "met": o["cached"]["ratio_median"] >= 0.95},
+        {"target": "1,000-car batches on/off >= 90%",
+         "value": f"{o['batch']['ratio_median']:.1%}",
+         "met": o["batch"]["ratio_median"] >= 0.90},
+        {"target": "SIGTERM: ids answered 200 == logged ids, none twice",
+         "value": f"{d['answered_200']} answered, {d['logged']} logged "
+                  f"({d['logged_distinct']} distinct), {d['answered_not_logged']} missing, "
+                  f"{d['logged_not_answered']} extra",
+         "met": d["answered_not_logged"] == d["logged_not_answered"] == 0
+         and d["logged"] == d["logged_distinct"] == d["answered_200"]},
+        {"target": "log DB unreachable: every prediction answered, p99 < 100 ms, drops counted",
+         "value": f"{u['failed_requests']} failed of {u['requests']}, p99 {u['p99_ms']:.1f} ms, "
+                  f"{u['rows_dropped_counted']:.0f} dropped counted",
+         "met": u["failed_requests"] == 0 and u["p99_ms"] < 100
+         and u["rows_dropped_counted"] > 0},
+        {"target": "logging resumes by itself when the DB is back",
+         "value": f"after {u['resumed_after_s']} s",
+         "met": u["resumed_after_s"] is not None},
+        {"target": "2 workers: http_requests_total grew by exactly N in every scrape",
+         "value": f"N={e['requests']}, scrapes {sorted(set(e['scrapes']))}",
+         "met": all(s == e["requests"] for s in e["scrapes"])},
+    ]  # fmt: skip
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
