@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     """Prefix of the cache keys in Redis (lets deployments, or test runs, share one Redis)."""
     cache_max_entries: int = Field(100_000, ge=1)
     """Size of the in-process cache (when no Redis is configured)."""
+    cache_l1_entries: int = Field(10_000, ge=0)
+    """Size of the in-process L1 in front of Redis (0: every look-up goes to Redis). Safe with
+    any number of replicas: a price is keyed by model version and never changes."""
+    cache_write_queue: int = Field(100_000, ge=1)
+    """Most prices waiting to be written to Redis (behind the requests); beyond it new prices
+    are not written (counted as ``dropped``)."""
     redis_timeout: float = Field(0.25, gt=0)
     """Seconds a Redis call may take before the request goes on without it. Measured on the
     event loop, so it includes the loop's own lag under load: at 0.05 s, concurrent
@@ -129,6 +135,12 @@ class Settings(BaseSettings):
     every limit (login included) is counted per process."""
     ratelimit_namespace: str = "carprice:rl:"
     """Prefix of the rate-limit keys in Redis (lets deployments share one Redis)."""
+    ratelimit_batch: int = Field(100, ge=0)
+    """Most hits one process counts for a key before settling with Redis; the batch used is
+    ``min(this, limit // 100)`` (0 = one Redis round trip per request, exact). Slack: across
+    P processes at most ``limit + (P - 1) * batch`` requests pass in a window."""
+    ratelimit_sync_interval: float = Field(0.1, gt=0)
+    """Seconds between settles of the locally counted hits with Redis."""
     login_rate_limit: str = "10/minute"
     """Login attempts per client IP."""
     cors_origins: list[str] = []

@@ -128,6 +128,8 @@ async def open_auth(state: Any, settings: Settings) -> AccessControl:
         limiter = RedisLimiter(
             connect_redis(redis_url, settings.redis_timeout),
             namespace=settings.ratelimit_namespace,
+            local_batch=settings.ratelimit_batch,
+            sync_interval=settings.ratelimit_sync_interval,
         )
     else:
         log.info("no rate-limit Redis configured: limits are counted per process")

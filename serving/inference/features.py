@@ -87,5 +87,9 @@ def row_digest(row: Row) -> str:
     shortest round-trip form), and 2-3x cheaper than canonical JSON, which mattered for
     1,000-car batches (one digest per car).
     """
-    canonical = repr(row_values(row))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    return values_digest(row_values(row))
+
+
+def values_digest(values: tuple[str | float | None, ...]) -> str:
+    """:func:`row_digest` of a row's :func:`row_values`."""
+    return hashlib.sha256(repr(values).encode()).hexdigest()

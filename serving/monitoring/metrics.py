@@ -62,7 +62,8 @@ INFERENCE_SECONDS = Histogram(
 CACHE_EVENTS = Counter(
     "carprice_cache_events",
     "Prediction cache: hit and miss count rows; error counts failed cache calls; skipped "
-    "counts calls not made because the circuit breaker is open.",
+    "counts calls not made because the circuit breaker is open; dropped counts prices not "
+    "written because the Redis write queue was full.",
     ["event"],
 )
 RATE_LIMITED = Counter(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -150,16 +152,20 @@ async def test_a_counter_that_lost_its_expiry_gets_one_again(
 ) -> None:
     client = redis_or_skip()
     client.set(namespace + "stuck", 100)  # no TTL: would block the key forever
-    state = await redis_limiter.hit("stuck", Rate(1000, 60))
-    assert state.remaining == 1000 - 101
+    await redis_limiter.hit("stuck", Rate(1000, 60))  # counted here, then settled
+    await redis_limiter.sync()
     assert 0 < client.pttl(namespace + "stuck") <= 60_000
+    assert (await redis_limiter.hit("stuck", Rate(1000, 60))).remaining == 1000 - 102
 
 
 async def test_dead_redis_costs_nothing_per_request_and_falls_back() -> None:
     clock = Clock()
     # Port 1: connection refused at once; the breaker then skips Redis entirely.
     limiter = RedisLimiter(
-        connect_redis("redis://127.0.0.1:1/0", 0.05), breaker_cooldown=5, clock=clock
+        connect_redis("redis://127.0.0.1:1/0", 0.05),
+        breaker_cooldown=5,
+        clock=clock,
+        local_batch=0,
     )
     try:
         rate = Rate(100, 60)
@@ -180,7 +186,11 @@ async def test_breaker_recovers_when_redis_comes_back(namespace: str) -> None:
     await proxy.up()
     clock = Clock()
     limiter = RedisLimiter(
-        connect_redis(proxy.url, 2), namespace=namespace, breaker_cooldown=5, clock=clock
+        connect_redis(proxy.url, 2),
+        namespace=namespace,
+        breaker_cooldown=5,
+        clock=clock,
+        local_batch=0,
     )
     rate = Rate(100, 60)
     try:
@@ -209,7 +219,11 @@ async def test_failing_probe_reopens_the_breaker(namespace: str) -> None:
     await proxy.up()
     clock = Clock()
     limiter = RedisLimiter(
-        connect_redis(proxy.url, 0.2), namespace=namespace, breaker_cooldown=5, clock=clock
+        connect_redis(proxy.url, 0.2),
+        namespace=namespace,
+        breaker_cooldown=5,
+        clock=clock,
+        local_batch=0,
     )
     try:
         await proxy.down()
@@ -223,3 +237,98 @@ async def test_failing_probe_reopens_the_breaker(namespace: str) -> None:
         assert limiter.failures == 2
     finally:
         await limiter.aclose()
+
+
+# --- local plus global ---
+
+
+def test_the_batch_is_a_hundredth_of_the_limit_up_to_the_setting() -> None:
+    limiter = RedisLimiter(connect_redis(REDIS_URL, 0.5), local_batch=50)
+    assert [limiter.batch(Rate(n, 60)) for n in (10, 99, 100, 600, 10**9)] == [0, 0, 1, 6, 50]
+
+
+async def test_batched_hits_are_counted_here_and_settled_in_redis(namespace: str) -> None:
+    limiter = RedisLimiter(
+        connect_redis(REDIS_URL, 0.5), namespace=namespace, local_batch=50, sync_interval=30
+    )
+    try:
+        rate = Rate(10_000, 60)
+        states = [await limiter.hit("k", rate) for _ in range(10)]
+        assert [s.remaining for s in states] == list(range(9_999, 9_989, -1))
+        await limiter.sync()
+        client = redis_or_skip()
+        assert client.get(namespace + "k") == b"10"
+        assert 59_000 < client.pttl(namespace + "k") <= 60_000
+        client.incrby(namespace + "k", 5000)  # other processes' hits
+        await limiter.hit("k", rate)
+        await limiter.sync()
+        assert (await limiter.hit("k", rate)).remaining == 10_000 - 5012
+    finally:
+        await limiter.aclose()
+
+
+def _hammer(namespace: str, limit: int, hits: int, start: Any, out: Any) -> None:
+    """One process (an API worker) hitting a shared key concurrently; puts how many passed."""
+
+    async def main() -> int:
+        limiter = RedisLimiter(connect_redis(REDIS_URL, 1.0), namespace=namespace)
+        rate = Rate(limit, 60)
+
+        async def one() -> bool:
+            await asyncio.sleep(0)
+            return (await limiter.hit("shared", rate)).allowed
+
+        start.wait(30)
+        allowed = sum(await asyncio.gather(*(one() for _ in range(hits))))
+        await limiter.aclose()
+        return allowed if limiter.fallbacks == 0 else -1
+
+    out.put(asyncio.run(main()))
+
+
+def test_two_processes_let_at_most_the_limit_plus_the_documented_slack_through(
+    namespace: str,
+) -> None:
+    import multiprocessing
+
+    limit, processes = 3_000, 2
+    batch = RedisLimiter(connect_redis(REDIS_URL, 0.5)).batch(Rate(limit, 60))
+    context = multiprocessing.get_context("fork")  # the test module need not be importable
+    start, out = context.Event(), context.Queue()
+    workers = [
+        context.Process(target=_hammer, args=(namespace, limit, 2_500, start, out))
+        for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    start.set()
+    allowed = [out.get(timeout=60) for _ in workers]
+    for worker in workers:
+        worker.join(10)
+    assert all(a > 0 for a in allowed), allowed  # both took part, Redis answered throughout
+    assert limit <= sum(allowed) <= limit + (processes - 1) * batch, (allowed, batch)
+    assert int(redis_or_skip().get(namespace + "shared") or 0) == sum(allowed)
+
+
+async def test_a_black_holed_redis_never_holds_up_a_batched_request() -> None:
+    from tests.serving.live import BlackHole
+
+    hole = BlackHole()
+    limiter = RedisLimiter(
+        connect_redis(f"redis://127.0.0.1:{hole.port}/0", 0.2), local_batch=10, sync_interval=0.05
+    )
+    try:
+        rate = Rate(10_000, 60)
+        slowest = 0.0
+        for _ in range(300):
+            started = time.perf_counter()
+            assert (await limiter.hit("k", rate)).allowed
+            slowest = max(slowest, time.perf_counter() - started)
+            await asyncio.sleep(0.002)
+        # Only the first full batch may wait for the first (failing) settle.
+        assert slowest < 0.3
+        assert limiter.breaker_open
+        assert limiter.fallbacks > 200
+    finally:
+        await limiter.aclose()
+        hole.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -27,6 +28,14 @@ from tests.serving.support import (
 pytestmark = pytest.mark.timeout(120)  # a hang fails the test instead of the run
 
 
+def eventually(check: Callable[[], bool], timeout: float = 10) -> None:
+    """Wait for ``check()`` (Redis writes are sent behind the response)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not written to Redis in time"
+        time.sleep(0.01)
+
+
 def test_prices_are_cached_in_redis_under_the_model_version(
     registry: ServingRegistry, redis_db: redis.Redis[bytes], redis_namespace: str
 ) -> None:
@@ -46,6 +55,7 @@ def test_prices_are_cached_in_redis_under_the_model_version(
         assert (first["cached"], second["cached"]) == (False, True)
         assert second["price"] == first["price"]
         key = f"{redis_namespace}car-price:1:{row_digest(make_row(car))}"
+        eventually(lambda: redis_db.get(key) is not None)
         assert float(redis_db.get(key)) == first["price"]  # type: ignore[arg-type]
         assert 110 <= redis_db.ttl(key) <= 120
 
@@ -59,7 +69,23 @@ def test_prices_are_cached_in_redis_under_the_model_version(
         assert after["model_version"] == "2"
         assert after["cached"] is False  # a new version never answers with an old price
         assert after["price"] != first["price"]
-        assert redis_db.exists(key.replace(":car-price:1:", ":car-price:2:"))
+        eventually(lambda: bool(redis_db.exists(key.replace(":car-price:1:", ":car-price:2:"))))
+
+
+def test_two_workers_share_prices_through_redis(
+    registry: ServingRegistry, redis_db: redis.Redis[bytes], redis_namespace: str
+) -> None:
+    settings = make_settings(
+        registry, cache_url=REDIS_URL, cache_namespace=redis_namespace, redis_timeout=5
+    )
+    car = unique_car()
+    with running(create_app(settings)) as one, running(create_app(settings)) as two:
+        first = one.post("/v1/predict", json=car).json()
+        key = f"{redis_namespace}car-price:1:{row_digest(make_row(car))}"
+        eventually(lambda: redis_db.get(key) is not None)
+        second = two.post("/v1/predict", json=car).json()  # not in its own L1: from Redis
+        assert (first["cached"], second["cached"]) == (False, True)
+        assert second["price"] == first["price"]
 
 
 def test_a_batch_writes_every_row_and_a_second_batch_reads_them_all(
@@ -73,7 +99,7 @@ def test_a_batch_writes_every_row_and_a_second_batch_reads_them_all(
     with running(app) as client:
         hits = CACHE_EVENTS.labels("hit")._value.get()
         first = client.post("/v1/predict/batch", json=batch).json()["prices"]
-        assert len(redis_db.keys(f"{redis_namespace}car-price:1:*")) == len(batch)
+        eventually(lambda: len(redis_db.keys(f"{redis_namespace}car-price:1:*")) == len(batch))
         second = client.post("/v1/predict/batch", json=batch).json()["prices"]
         assert second == first
         assert CACHE_EVENTS.labels("hit")._value.get() - hits == len(batch)

@@ -15,6 +15,7 @@ from serving.inference.cache import (
     CircuitBreaker,
     MemoryCache,
     RedisCache,
+    TieredCache,
     build_cache,
     cache_key,
 )
@@ -85,6 +86,9 @@ def test_memory_cache_evicts_the_least_recently_used() -> None:
 def test_without_a_url_the_cache_is_in_process() -> None:
     assert isinstance(build_cache(make_settings(None)), MemoryCache)
     cache = build_cache(make_settings(None, cache_url=REDIS_URL))
+    assert isinstance(cache, TieredCache)
+    run(cache.aclose())
+    cache = build_cache(make_settings(None, cache_url=REDIS_URL, cache_l1_entries=0))
     assert isinstance(cache, RedisCache)
     run(cache.aclose())
 
@@ -165,16 +169,90 @@ def test_redis_stores_prices_with_the_ttl_and_batches_in_one_round_trip(
         cache = _redis_cache(REDIS_URL, timeout=2)
         spy = Spy(cache._redis)
         cache._redis = spy
+        script = cache._set_script
+
+        def counted_script(**kwargs: Any) -> Any:
+            spy.calls.append("set script")
+            return script(**kwargs)
+
+        cache._set_script = counted_script
         keys = [f"{redis_namespace}{i}" for i in range(500)]
-        await cache.set_many({k: i + 0.25 for i, k in enumerate(keys)})
+        await cache.set_many(dict.fromkeys(keys[:10], 0.5))
+        await cache.set_many({k: i + 0.25 for i, k in enumerate(keys)})  # the same turn
+        assert spy.calls == []  # written behind the caller
+        await cache.drain()
         got = await cache.get_many([*keys, f"{redis_namespace}missing"])
         assert got == [i + 0.25 for i in range(500)] + [None]
-        assert spy.calls == ["pipeline", "mget"]  # one pipeline (one round trip), one MGET
+        assert spy.calls == ["set script", "mget"]  # one script call, one MGET
         await cache.aclose()
 
     run(scenario())
     ttl = redis_db.ttl(f"{redis_namespace}0")
     assert 55 <= ttl <= 60
+
+
+def test_reads_of_one_event_loop_turn_share_one_mget(
+    redis_db: redis.Redis[bytes], redis_namespace: str
+) -> None:
+    redis_db.set(f"{redis_namespace}3", b"3.5")
+
+    async def scenario() -> list[list[float | None]]:
+        cache = _redis_cache(REDIS_URL, timeout=2)
+        spy = Spy(cache._redis)
+        cache._redis = spy
+        try:
+            keys = [[f"{redis_namespace}{i}"] for i in range(10)]
+            got = await asyncio.gather(*(cache.get_many(k) for k in keys))
+            assert spy.calls == ["mget"]
+            return list(got)
+        finally:
+            await cache.aclose()
+
+    assert run(scenario()) == [[3.5] if i == 3 else [None] for i in range(10)]
+
+
+def test_a_full_write_queue_drops_prices_instead_of_growing(
+    redis_db: redis.Redis[bytes], redis_namespace: str
+) -> None:
+    dropped = counted("dropped")
+
+    async def scenario() -> None:
+        breaker = CircuitBreaker(3, 30)
+        cache = RedisCache(REDIS_URL, 60, 2, breaker, namespace=redis_namespace, write_queue=5)
+        await cache.set_many({f"{redis_namespace}{i}": 1.0 for i in range(4)})
+        await cache.set_many({f"{redis_namespace}x{i}": 1.0 for i in range(2)})  # 6 > 5
+        await cache.aclose()
+
+    run(scenario())
+    assert counted("dropped") - dropped == 2
+    assert len(redis_db.keys(f"{redis_namespace}*")) == 4
+
+
+def test_the_l1_answers_what_it_has_seen_and_asks_redis_for_the_rest(
+    redis_db: redis.Redis[bytes], redis_namespace: str
+) -> None:
+    async def scenario() -> None:
+        settings = make_settings(
+            None, cache_url=REDIS_URL, cache_l1_entries=100, cache_namespace=redis_namespace
+        )
+        writer, reader = build_cache(settings), build_cache(settings)  # two workers
+        assert isinstance(writer, TieredCache) and isinstance(reader, TieredCache)
+        rows = [make_row(CAR | {"km_driven": km}) for km in (1, 2)]
+        keys = [writer.key("car-price", "7", row) for row in rows]
+        assert writer.remote_key(keys[0]) == cache_key(redis_namespace, "car-price", "7", rows[0])
+        await writer.set_many({keys[0]: 123.0})
+        await writer.drain()
+        spy = Spy(reader.l2._redis)
+        reader.l2._redis = spy
+        assert await reader.get_many(keys) == [123.0, None]  # from Redis
+        assert await reader.get_many(keys[:1]) == [123.0]  # from its L1
+        assert spy.calls == ["mget"]
+        other_version = reader.key("car-price", "8", rows[0])
+        assert await reader.get_many([other_version]) == [None]
+        await writer.aclose()
+        await reader.aclose()
+
+    run(scenario())
 
 
 def test_a_garbled_value_in_redis_is_a_miss(
@@ -239,6 +317,7 @@ def test_redis_is_used_again_once_it_answers(redis_namespace: str) -> None:
         assert await cache.get_many([key]) == [None]  # skipped, open
         await asyncio.sleep(0.06)
         await cache.set_many({key: 2.0})  # the trial call succeeds
+        await cache.drain()
         assert str(cache.breaker.state) == "closed"
         assert await cache.get_many([key]) == [2.0]
         await cache.aclose()
