@@ -257,12 +257,15 @@ def cars(rows: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def api_key(env: dict[str, str], workdir: Path, venv_bin: Path) -> str:
+def api_key(
+    env: dict[str, str], workdir: Path, venv_bin: Path, database_url: str | None = None
+) -> str:
     """A user of the predict role in a throw-away user database, and an API key for it.
 
-    Sets the API's database and a rate limit the benchmark cannot reach in ``env``.
+    Sets the API's database (``database_url``, else SQLite in ``workdir``) and a rate limit
+    the benchmark cannot reach in ``env``.
     """
-    env["CARPRICE_DATABASE_URL"] = f"sqlite:///{workdir / 'users.db'}"
+    env["CARPRICE_DATABASE_URL"] = database_url or f"sqlite:///{workdir / 'users.db'}"
     env["CARPRICE_RATE_LIMIT"] = "1000000000/minute"
     carprice = str(venv_bin / "carprice")
     subprocess.run(
@@ -385,6 +388,11 @@ def main() -> int:
     parser.add_argument(
         "--no-redis", action="store_true", help="in-process cache and per-worker rate limits"
     )
+    parser.add_argument(
+        "--sqlite",
+        action="store_true",
+        help="users, keys and prediction log in SQLite (default: a throw-away PostgreSQL DB)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -432,6 +440,21 @@ def v2_body(cars: list[dict[str, Any]]) -> dict[str, Any]:
         ],
         "parameters": {"binary_data_output": True},
     }
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A throw-away PostgreSQL database on 127.0.0.1:5432 (as compose runs the API: users,
+    keys and the prediction log in PostgreSQL); its SQLAlchemy URL."""
+    from tests.serving.auth_support import postgres_database as database
+
+    try:
+        with database() as url:
+            yield url
+    except BaseException as exc:
+        if type(exc).__name__ == "Skipped":  # pytest's skip: PostgreSQL is not reachable
+            raise RuntimeError(f"PostgreSQL is not reachable ({exc}); or pass --sqlite") from None
+        raise
 
 
 @contextmanager
@@ -521,11 +544,14 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     }
     for name in ("CARPRICE_CACHE_URL", "CARPRICE_RATELIMIT_URL"):
         api_env.pop(name, None)
-    key = api_key(api_env, workdir, venv_bin)
     ports = {name: free_port() for name in ("api", "mlflow", "ceiling", "black-holed", "stopped")}
     local = InProcess(uri, one, batch)
     rounds: list[dict[str, dict[str, Any]]] = []
     with contextlib.ExitStack() as stack:
+        database_url = None
+        if not args.sqlite:
+            database_url = stack.enter_context(postgres_database())
+        key = api_key(api_env, workdir, venv_bin, database_url)
         cache_url = args.cache_url
         if cache_url is None and not args.no_redis:
             cache_url = stack.enter_context(redis_server(workdir))
@@ -592,6 +618,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     report = {
         "model": f"{MODEL}/{local.version} from {uri}",
         "cache": "in-process" if cache_url is None else "Redis (cache and rate limits)",
+        "database": "SQLite" if database_url is None else "PostgreSQL",
         "connections": args.connections,
         "workers": args.workers,
         "duration_s": args.duration,
