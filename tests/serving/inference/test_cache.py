@@ -56,7 +56,9 @@ def test_key_names_model_version_and_the_cars_digest() -> None:
 def test_redis_keys_are_under_the_configured_namespace() -> None:
     settings = make_settings(None, cache_url=REDIS_URL, cache_namespace="team-a:prices:")
     cache = build_cache(settings)
-    assert cache.key("car-price", "3", make_row(CAR)).startswith("team-a:prices:car-price:3:")
+    assert isinstance(cache, TieredCache)
+    remote = cache.remote_key(cache.key("car-price", "3", make_row(CAR)))
+    assert remote.startswith("team-a:prices:car-price:3:")
     run(cache.aclose())
 
 
@@ -236,7 +238,8 @@ def test_the_l1_answers_what_it_has_seen_and_asks_redis_for_the_rest(
             None, cache_url=REDIS_URL, cache_l1_entries=100, cache_namespace=redis_namespace
         )
         writer, reader = build_cache(settings), build_cache(settings)  # two workers
-        assert isinstance(writer, TieredCache) and isinstance(reader, TieredCache)
+        assert isinstance(writer, TieredCache)
+        assert isinstance(reader, TieredCache)
         rows = [make_row(CAR | {"km_driven": km}) for km in (1, 2)]
         keys = [writer.key("car-price", "7", row) for row in rows]
         assert writer.remote_key(keys[0]) == cache_key(redis_namespace, "car-price", "7", rows[0])
