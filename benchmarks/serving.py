@@ -446,7 +446,7 @@ def v2_body(cars: list[dict[str, Any]]) -> dict[str, Any]:
 def postgres_database() -> Iterator[str]:
     """A throw-away PostgreSQL database on 127.0.0.1:5432 (as compose runs the API: users,
     keys and the prediction log in PostgreSQL); its SQLAlchemy URL."""
-    from tests.serving.auth_support import postgres_database as database
+    from tests.serving.services import postgres_database as database
 
     try:
         with database() as url:
