@@ -1,22 +1,28 @@
-"""Serving benchmark: this API against ``mlflow models serve``, a constant FastAPI endpoint and
-the model's own in-process ``predict``, side by side on the same model and the same car.
+"""Serving benchmark in the production configuration: this API against ``mlflow models serve``,
+the constant FastAPI endpoint and the model's own in-process ``predict``, side by side.
 
-Run ``python benchmarks/serving.py`` (``make bench``). The three servers (the API,
-``mlflow models serve``, the constant endpoint) run side by side, 2 uvicorn workers each, on
-127.0.0.1; every scenario runs ``wrk`` with 32 connections for ``--duration`` seconds (after a
-short warm-up), and the whole set is repeated ``--rounds`` times (default 5): the report gives
-each figure's median over the rounds, and each ratio's median over the rounds' ratios (the
-two sides of a ratio are measured back to back, in alternating order).
+Run ``python benchmarks/serving.py`` (``make bench``). The servers run side by side, 2 uvicorn
+workers each, on 127.0.0.1: the API as compose runs it (API-key auth, the cache and the rate
+limits in a private ``redis-server`` started for the run, users, keys and the prediction log in
+a throw-away PostgreSQL database, multiprocess metrics, access log on), the same API with its
+Redis black-holed (a socket that accepts and never answers) and stopped (a closed port),
+``mlflow models serve``, and the constant endpoint (``benchmarks/serving_ceiling.py``:
+FastAPI + uvicorn with httptools and uvloop, no access log, a plain pydantic model of the 16
+fields answering a constant dict). Every scenario runs ``wrk`` with 32 connections for
+``--duration`` seconds (after a short warm-up); the sequence (:data:`SCENARIOS`) is repeated
+``--rounds`` times, reversed every other round, and the report gives each figure's median
+over the rounds and each ratio's median over the rounds' ratios.
 
-* ``api uncached``: ``POST /v1/predict``, a stream of distinct cars drawn like the training
-  data, never repeated across rounds (the cache is on, every request misses);
-* ``api cached``: ``POST /v1/predict``, one car repeated (every request after the first hits);
-* ``api batch uncached``: ``POST /v1/predict/batch`` with 1,000 cars, a few kilometres
+* ``api uncached`` / ``api v2 uncached``: ``POST /v1/predict`` / ``/v2/models/car-price/infer``
+  (one car as 16 tensors, tritonclient's layout), a stream of distinct cars never repeated;
+* ``api cached`` / ``api v2 cached``: one car repeated;
+* ``api batch uncached`` / ``api v2 batch uncached``: 1,000 cars per request, a few kilometres
   changed per request so every row misses; ``api batch cached``: the same body repeated;
+* ``redis black-holed|stopped uncached|cached``: ``/v1/predict`` on the APIs whose Redis fails;
 * ``mlflow models serve``: ``POST /invocations`` with the same car (``dataframe_records``);
-* ``fastapi constant``: the same ``Car`` validation returning a constant (the ceiling);
-* ``in-process``: the model's own pipeline ``predict`` on a one-row and a 1,000-row
-  DataFrame, and the API's serving path (validated rows -> compiled fast path) on the same.
+* ``fastapi constant`` (the issue's) and ``fastapi Car constant`` (the API's ``Car`` validation);
+* ``in-process``: the model's own pipeline ``predict`` on a one-row and a 1,000-row DataFrame,
+  and the API's serving path (validated rows -> compiled fast path) on the same.
 
 The model is ``models:/car-price@production`` of ``MLFLOW_TRACKING_URI`` (default: the
 project's ``mlruns/mlflow.db``, run ``make train`` first), or with ``--temp-model`` one trained
@@ -24,7 +30,9 @@ here with ``params.yaml``'s hyper-parameters into a temporary registry. Prints r
 rows/s, p50/p99, the ratios and the issue's targets (exit status 1 if one is not met), and
 writes ``benchmarks/results/serving.json`` (medians and every round).
 
-Needs ``wrk`` (Debian: ``apt-get install -y wrk``). Targets 127.0.0.1 only; bounded in time.
+Needs ``wrk`` (Debian: ``apt-get install -y wrk``), ``redis-server`` and PostgreSQL on
+127.0.0.1:5432 (``make services``; ``--sqlite`` / ``--cache-url`` / ``--no-redis`` otherwise).
+Targets 127.0.0.1 only; bounded in time.
 """
 
 from __future__ import annotations
