@@ -181,7 +181,10 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         "PYTHONUNBUFFERED": "1",
         "CARPRICE_ENV": "test",
         "CARPRICE_JWT_SECRET": secrets.token_hex(32),
-        "CARPRICE_RELOAD_INTERVAL": "3600",
+        # A loaded machine made registry calls take over 10 s: a worker whose first poll timed
+        # out would wait a whole reload interval for its model.
+        "CARPRICE_RELOAD_INTERVAL": "10",
+        "CARPRICE_REGISTRY_TIMEOUT": "120",
         "CARPRICE_CACHE_URL": REDIS,  # cache and (reused) rate limits in Redis
         "CARPRICE_RATELIMIT_NAMESPACE": f"carprice-bench:{secrets.token_hex(4)}:",
         "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -220,6 +223,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
             off_cmd = [
                 sys.executable, "-m", "uvicorn", "serving.main:app", "--port", str(off_port),
                 "--workers", "2", "--no-access-log", "--no-server-header",
+                "--timeout-worker-healthcheck", "60",  # as carprice serve
                 "--log-level", "warning",
             ]  # fmt: skip
             stack.enter_context(server(off_cmd, off_env, _ready(off_port), workdir / "off.log"))

@@ -58,6 +58,8 @@ def served(registry: ServingRegistry, tmp_path_factory: pytest.TempPathFactory) 
             "CARPRICE_PREDICTION_LOG_FLUSH_INTERVAL": "0.05",
             "CARPRICE_RATE_LIMIT": "100000/minute",
             "CARPRICE_LOG_LEVEL": "WARNING",
+            "CARPRICE_RELOAD_INTERVAL": "1",  # a first poll that timed out is retried soon
+            "CARPRICE_REGISTRY_TIMEOUT": "60",
             "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
         }
         env.pop("CARPRICE_CACHE_URL", None)
