@@ -240,16 +240,23 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
                 for r in range(args.rounds):
                     order = ["on", "off"] if r % 2 == 0 else ["off", "on"]
                     got = {side: load(sides[side], kind) for side in order}
-                    ratios.append(got["on"]["value"] / got["off"]["value"])
+                    # A slice in which no request completed (a loaded machine, 1,000-car
+                    # batches) has no ratio: it is left out of the median, and reported.
+                    ratio = (
+                        got["on"]["value"] / got["off"]["value"] if got["off"]["value"] else None
+                    )
+                    if ratio is not None:
+                        ratios.append(ratio)
                     per_round.append(got)
                     print(
                         f"  {kind} round {r + 1}: on {got['on']['value']:.0f}, "
-                        f"off {got['off']['value']:.0f} ({ratios[-1]:.1%}); errors "
+                        f"off {got['off']['value']:.0f} "
+                        f"({'n/a' if ratio is None else f'{ratio:.1%}'}); errors "
                         f"{got['on']['errors']}/{got['off']['errors']}",
                         flush=True,
                     )
                 overhead[kind] = {
-                    "ratio_median": statistics.median(ratios),
+                    "ratio_median": statistics.median(ratios) if ratios else 0.0,
                     "ratios": ratios,
                     "on_median": statistics.median(g["on"]["value"] for g in per_round),
                     "off_median": statistics.median(g["off"]["value"] for g in per_round),
