@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 ROWS ?= 20000
 SEED ?= 42
 
-.PHONY: env lock setup data train run serve test lint format services bench bench-ops bench-knobs bench-monitoring bench-quality bench-pipeline bench-pipeline-1m clean
+.PHONY: env lock setup data train run serve test lint format services bench bench-ops bench-hostile bench-knobs bench-monitoring bench-quality bench-pipeline bench-pipeline-1m clean
 
 # uv installs from uv.lock; a machine with only Python gets a private, pinned uv in .uv/ first.
 UV_VERSION := 0.13.9
@@ -89,6 +89,9 @@ bench-ops: setup ## worker memory with the pinned LRU full, a hot swap under loa
 
 bench-monitoring: setup services ## prediction log + metrics: overhead, SIGTERM drain, DB down, exact totals (~6 min; needs wrk: apt-get install -y wrk)
 	python benchmarks/serving_monitoring.py --temp-model
+
+bench-hostile: setup ## hostile clients (bogus and valid keys) beside legit traffic, 2 workers (needs wrk)
+	python benchmarks/hostile.py
 
 bench-knobs: setup ## the serving loads with one setting changed at a time (~12 min; needs wrk)
 	python benchmarks/serving_knobs.py

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from serving.errors import (
     ClientDisconnected,
@@ -138,7 +139,24 @@ async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
         default = "error"
     message = exc.detail if isinstance(exc.detail, str) and exc.detail else default
     headers = dict(exc.headers) if exc.headers else None
+    if status == 405:
+        # Starlette names the methods of the first route matching the path only.
+        headers = (headers or {}) | {"Allow": ", ".join(allowed_methods(request))}
     return error_response(status, code, short_text(message), headers=headers)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path (for ``Allow``)."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in routes):
+            allowed.append(method)
+    return allowed
 
 
 def install_error_handlers(app: FastAPI) -> None:

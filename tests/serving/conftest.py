@@ -35,6 +35,7 @@ from pipelines.train import fit, log_run, signature_for
 from serving.main import create_app
 from tests.serving.drift_support import drift_model, drift_registry, log_db  # noqa: F401
 from tests.serving.services import cleanup_run, delete_namespace, namespace, redis_or_skip
+from tests.serving.live import ServerProcess, server_process
 from tests.serving.support import (
     MODEL,
     ServingRegistry,
@@ -162,6 +163,15 @@ def _nothing_left_in_redis_or_postgresql() -> Iterator[None]:
     """At the end of the run, delete its Redis keys and drop its databases (see services)."""
     yield
     cleanup_run()
+
+
+@pytest.fixture(scope="session")
+def served(
+    registry: ServingRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """``carprice serve`` (one worker) in its own process on the session registry."""
+    with server_process(registry.uri, tmp_path_factory.mktemp("served")) as server:
+        yield server
 
 
 @pytest.fixture

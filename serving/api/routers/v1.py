@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from pydantic import Field
 
 from serving.access.principals import Role
 from serving.api.deps import (
@@ -41,7 +42,7 @@ router = APIRouter(
     responses=error_responses(*PROTECTED),
 )
 _PREDICT_ERRORS = error_responses(*BODY, 503)
-_Reports = FeedbackReport | list[FeedbackReport]
+_Reports = FeedbackReport | Annotated[list[FeedbackReport], Field(min_length=1)]
 ReportsBody = Annotated[_Reports, Depends(json_model(_Reports))]
 
 

@@ -52,6 +52,11 @@ EXAMPLE_CAR: dict[str, Any] = {
 }
 
 
+NOT_BLANK = "[^\\s\\u0085]|\\ufeff"
+"""JSON Schema (ECMA) pattern of "not blank once trimmed": pydantic trims Unicode White_Space,
+which is ECMA's ``\\s`` with U+0085 and without U+FEFF."""
+
+
 def _number(value: Any) -> Any:
     # Pydantic's lax mode would turn "2019" and true into numbers: a client sending those has a
     # bug worth hearing about.
@@ -65,7 +70,13 @@ def _field(name: str) -> Any:
     default = None if f.nullable else ...
     if f.numeric:
         return Field(default, ge=f.min, le=f.max, description=f.description)
-    return Field(default, min_length=1, max_length=MAX_CATEGORY_LENGTH, description=f.description)
+    return Field(
+        default,
+        min_length=1,
+        max_length=MAX_CATEGORY_LENGTH,
+        description=f.description,
+        json_schema_extra={"pattern": NOT_BLANK},
+    )
 
 
 Number = BeforeValidator(_number)
@@ -232,10 +243,15 @@ class FeedbackReport(BaseModel):
         min_length=1,
         strict=True,
         max_length=128,
+        # The ids this server hands out (request_context): nothing else can be in the log.
+        pattern=r"^[A-Za-z0-9._:\-]+$",
         description="The `request_id` of the prediction (its `X-Request-ID` header).",
     )
-    row: int = Field(
-        0, ge=0, strict=True, description="Index of the car in the request (0 for one car)."
+    row: Annotated[int, Number] = Field(
+        0,
+        ge=0,
+        le=2**31 - 1,  # the log's integer column (a bigger one was a database error: a 500)
+        description="Index of the car in the request (0 for one car; `3.0` reads as 3).",
     )
     actual_price: float = Field(
         gt=0,

@@ -80,7 +80,9 @@ InputTensor = Annotated[BytesTensor | FloatTensor | IntTensor, Field(discriminat
 class RequestedOutput(BaseModel):
     """An output the client asks for (only ``price`` exists)."""
 
-    name: str = Field(max_length=MAX_NAME)
+    # A plain string for the server (an unknown name gets a message saying which exist), the
+    # one value in the schema.
+    name: str = Field(max_length=MAX_NAME, json_schema_extra={"enum": ["price"]})
     parameters: dict[str, Any] | None = None
 
 

@@ -1,0 +1,296 @@
+"""Hostile input costs nothing: each finding of the fuzzing (issue 14) against a real server.
+
+``carprice serve`` runs in its own process (one worker), so what is measured is the server's
+own time: its CPU (from ``/proc``), its memory, and how long a concurrent ``GET
+/v2/health/live`` waits. Before the fix an 800 KB array took 5-12 s and stalled the probe for
+5.8 s; the bounds here are generous (a loaded 2-core machine meets them) and still far from that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import http.client
+import json
+import multiprocessing
+import socket
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.serving.live import ServerProcess, cpu_seconds, rss_bytes
+from tests.serving.support import CAR
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+ARRAY = b"[" + b",".join([b"0"] * 400_000) + b"]"  # 800 KB
+KEYS = json.dumps({str(i): 0 for i in range(100_000)}, separators=(",", ":")).encode()  # 889 KB
+DEEP = b"[" * 100_000 + b"]" * 100_000
+BOGUS = {"X-API-Key": "cpk_0123456789_" + "x" * 43}
+JSON = {"Content-Type": "application/json"}
+INFER = "/v2/models/car-price/infer"
+CPU_PER_REQUEST = 0.025  # s; the target is well under 10 ms, a loaded machine adds noise
+PROBE_MAX = 0.5  # s; the target is 50 ms at p99 (see benchmarks/hostile.py for the figures)
+
+
+def _key(served: ServerProcess) -> dict[str, str]:
+    return {"X-API-Key": served.key}
+
+
+def _poll(port: int, ready: Any, stop: Any, out: Any) -> None:
+    # In its own process: the test's client threads must not delay the probe's own Python.
+    latencies = []
+    ready.set()
+    while not stop.is_set():
+        started = time.perf_counter()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/v2/health/live")
+        assert conn.getresponse().status == 200
+        conn.close()
+        latencies.append(time.perf_counter() - started)
+        stop.wait(0.01)
+    out.put(latencies)
+
+
+@contextlib.contextmanager
+def probing(port: int) -> Iterator[list[float]]:
+    """Poll ``/v2/health/live`` from another process (a new connection each time, so any
+    worker) while the block runs; yields the latencies (seconds), filled in when it ends."""
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
+    proc = ctx.Process(target=_poll, args=(port, ready, stop, out), daemon=True)
+    proc.start()
+    assert ready.wait(60), "the probe did not start"
+    latencies: list[float] = []
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        latencies += out.get(timeout=60)
+        proc.join(30)
+
+
+def hostile(
+    served: ServerProcess, send: Callable[[httpx.Client], httpx.Response], times: int = 8
+) -> tuple[list[httpx.Response], float, list[float]]:
+    """At least ``times`` requests made by ``send`` (and a second's worth), 4 at once, beside a
+    health probe: the answers, the server's CPU seconds per request, the probe's latencies."""
+    worker = served.workers()[0]
+    answers: list[httpx.Response] = []
+    with httpx.Client(base_url=served.url, timeout=60) as client:
+        send(client)  # warm (first-use costs are not what is measured)
+        cpu = cpu_seconds(worker)
+        with probing(served.port) as latencies, ThreadPoolExecutor(4) as pool:
+            # At least a second of it, so that the probe has something to wait beside.
+            started = time.monotonic()
+            while len(answers) < times or time.monotonic() - started < 1.0:
+                answers += pool.map(lambda _: send(client), range(4))
+        spent = (cpu_seconds(worker) - cpu) / len(answers)
+    return answers, spent, latencies
+
+
+def check(
+    answers: list[httpx.Response], status: int, code: str, spent: float, latencies: list[float]
+) -> None:
+    for r in answers:
+        assert r.status_code == status, r.text[:300]
+        assert r.json()["code"] == code, r.text[:300]
+    assert spent < CPU_PER_REQUEST, f"{spent * 1000:.1f} ms of server CPU a request"
+    assert latencies, "the probe never answered"
+    assert max(latencies) < PROBE_MAX, f"probe took up to {max(latencies) * 1000:.0f} ms"
+
+
+@pytest.mark.parametrize("path", ["/v1/predict/batch", INFER])
+def test_an_800_kb_array_is_refused_before_parsing(served: ServerProcess, path: str) -> None:
+    answers, spent, latencies = hostile(
+        served, lambda c: c.post(path, content=ARRAY, headers=JSON | _key(served))
+    )
+    check(answers, 413, "payload_too_large", spent, latencies)
+    assert "CARPRICE_MAX_JSON_VALUES" in answers[0].json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", INFER])
+def test_100000_keys_are_refused_before_parsing(served: ServerProcess, path: str) -> None:
+    answers, spent, latencies = hostile(
+        served, lambda c: c.post(path, content=KEYS, headers=JSON | _key(served))
+    )
+    check(answers, 413, "payload_too_large", spent, latencies)
+
+
+def test_keys_within_the_value_budget_are_refused_by_the_key_limit(served: ServerProcess) -> None:
+    body = json.dumps([{f"k{i}": 0 for i in range(60)}] * 300).encode()
+    body_one = json.dumps(CAR | {f"x{i}": 0 for i in range(100)}).encode()
+    answers, spent, latencies = hostile(
+        served,
+        lambda c: c.post("/v1/predict/batch", content=body, headers=JSON | _key(served)),
+    )
+    check(answers, 422, "invalid_request", spent, latencies)
+    r = httpx.post(f"{served.url}/v1/predict", content=body_one, headers=JSON | _key(served))
+    assert (r.status_code, r.json()["code"]) == (422, "limit_exceeded")
+    assert "CARPRICE_MAX_JSON_KEYS" in r.json()["error"]
+
+
+@pytest.mark.parametrize("path", ["/v1/predict/batch", INFER])
+@pytest.mark.parametrize("depth", [40, 1_000, 100_000])
+def test_deep_nesting_is_a_422_naming_the_limit(
+    served: ServerProcess, path: str, depth: int
+) -> None:
+    body = b"[" * depth + b"]" * depth
+    answers, spent, latencies = hostile(
+        served, lambda c: c.post(path, content=body, headers=JSON | _key(served)), times=4
+    )
+    check(answers, 422, "limit_exceeded", spent, latencies)
+    assert "CARPRICE_MAX_JSON_DEPTH" in answers[0].json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/predict/batch", ARRAY),
+        ("/v1/predict", KEYS),
+        ("/v1/predict/batch", DEEP),
+        (INFER, ARRAY),
+        ("/v1/admin/users", b"{not json"),
+        ("/v1/predict", b"{not json"),
+    ],
+)
+@pytest.mark.parametrize("credentials", ["bogus", "none"])
+def test_a_caller_without_valid_credentials_gets_401_before_any_parsing(
+    served: ServerProcess, path: str, body: bytes, credentials: str
+) -> None:
+    headers = JSON | (BOGUS if credentials == "bogus" else {})
+    answers, spent, latencies = hostile(
+        served, lambda c: c.post(path, content=body, headers=headers), times=16
+    )
+    check(answers, 401, "not_authenticated", spent, latencies)
+    assert all("WWW-Authenticate" in r.headers for r in answers)
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "code"),
+    [
+        (b'{"brand": "\xff"}', {}, 422, "invalid_json"),  # not UTF-8
+        (json.dumps(CAR).replace("2019", "9" * 5000).encode(), {}, 422, "invalid_json"),
+        (gzip.compress(json.dumps(CAR).encode()), {}, 422, "invalid_json"),
+        (gzip.compress(json.dumps(CAR).encode()), {"Content-Encoding": "gzip"}, 415, None),
+        (json.dumps(CAR).encode(), {"Content-Encoding": "gzip"}, 415, None),
+        (json.dumps(CAR).encode(), {"Content-Encoding": "br"}, 415, None),
+        (b"", {}, 422, "invalid_json"),
+        (json.dumps(CAR | {"brand": "x" * 5000}).encode(), {}, 422, "limit_exceeded"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/predict", INFER])
+def test_odd_bodies_get_the_documented_4xx_on_v1_and_v2(
+    served: ServerProcess,
+    path: str,
+    body: bytes,
+    headers: dict[str, str],
+    status: int,
+    code: str | None,
+) -> None:
+    r = httpx.post(served.url + path, content=body, headers=JSON | _key(served) | headers)
+    assert r.status_code == status, r.text
+    assert r.json()["code"] == (code or "unsupported_media_type"), r.text
+
+
+def _disconnect_mid_body(served: ServerProcess, path: str, request_id: str) -> None:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {served.key}\r\nX-Request-ID: {request_id}\r\n"
+        "Content-Length: 100000\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
+        sock.sendall(head + b'{"inputs": [' + b" " * 1000)
+        time.sleep(0.2)  # the server is reading the body when the client goes
+
+
+def _status_of(served: ServerProcess, request_id: str) -> list[int]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [a for a in served.access_log() if a["request_id"] == request_id]
+        if lines:
+            time.sleep(0.3)  # a second line would come at once
+            return [a["status"] for a in served.access_log() if a["request_id"] == request_id]
+        time.sleep(0.05)
+    return []
+
+
+def _server_errors(served: ServerProcess) -> float:
+    text = httpx.get(f"{served.url}/metrics", timeout=10).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("http_requests_total{") and 'status="5xx"' in line
+    )
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/predict/batch", INFER])
+def test_a_client_gone_mid_body_is_one_499_line_never_a_server_error(
+    served: ServerProcess, path: str
+) -> None:
+    errors = _server_errors(served)
+    request_id = f"gone-{path.replace('/', '-')}"
+    _disconnect_mid_body(served, path, request_id)
+    assert _status_of(served, request_id) == [499]
+    assert _server_errors(served) == errors
+    log = served.log.read_text()
+    assert "ClientDisconnect" not in log
+    assert "Traceback" not in log
+
+
+def test_slow_and_half_closed_clients_cost_the_others_nothing(served: ServerProcess) -> None:
+    body = json.dumps(CAR).encode()
+    head = (
+        "POST /v1/predict HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {served.key}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with probing(served.port) as latencies:
+        slow = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(8)]
+        for sock in slow:
+            sock.sendall(head)
+        for i in range(0, len(body), 40):  # ~1 s of trickling
+            for sock in slow:
+                sock.sendall(body[i : i + 40])
+            time.sleep(0.1)
+        answers = [sock.recv(65536) for sock in slow]
+        # Half-closed: the whole request, then the client's side of the socket shut.
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as sock:
+            sock.sendall(head + body)
+            sock.shutdown(socket.SHUT_WR)
+            half = sock.recv(65536)
+        for sock in slow:
+            sock.close()
+    assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), answers[0][:200]
+    assert not half.startswith(b"HTTP/1.1 5"), half[:200]
+    assert max(latencies) < PROBE_MAX
+    assert statistics.median(latencies) < 0.1
+
+
+def test_sixteen_hostile_requests_at_once_neither_stall_nor_grow_the_worker(
+    served: ServerProcess,
+) -> None:
+    worker = served.workers()[0]
+    bodies: list[tuple[bytes, dict[str, str]]] = [
+        (ARRAY, _key(served)),
+        (KEYS, _key(served)),
+        (ARRAY, BOGUS),
+        (KEYS, BOGUS),
+    ]
+    rss = rss_bytes(worker)
+
+    def send(i: int) -> Any:
+        body, headers = bodies[i % len(bodies)]
+        with httpx.Client(base_url=served.url, timeout=60) as client:
+            return client.post("/v1/predict/batch", content=body, headers=JSON | headers)
+
+    with probing(served.port) as latencies, ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(send, range(64)))
+    assert {r.status_code for r in answers} == {401, 413}
+    assert max(latencies) < PROBE_MAX
+    growth = rss_bytes(worker) - rss
+    assert growth < 50 * 2**20, f"worker RSS grew by {growth / 2**20:.0f} MB"
