@@ -34,8 +34,8 @@ from pipelines.params import Params, TrainParams
 from pipelines.train import fit, log_run, signature_for
 from serving.main import create_app
 from tests.serving.drift_support import drift_model, drift_registry, log_db  # noqa: F401
-from tests.serving.services import cleanup_run, delete_namespace, namespace, redis_or_skip
 from tests.serving.live import ServerProcess, server_process
+from tests.serving.services import cleanup_run, delete_namespace, namespace, redis_or_skip
 from tests.serving.support import (
     MODEL,
     ServingRegistry,
