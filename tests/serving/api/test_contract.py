@@ -21,7 +21,7 @@ import yaml
 
 from tests.serving.live import ServerProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # setup: a model load
 
 DATA = Path(__file__).parents[2] / "data"
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")

@@ -26,7 +26,7 @@ import pytest
 from tests.serving.live import ServerProcess, cpu_seconds, rss_bytes
 from tests.serving.support import CAR
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # setup: a model load
 
 ARRAY = b"[" + b",".join([b"0"] * 400_000) + b"]"  # 800 KB
 KEYS = json.dumps({str(i): 0 for i in range(100_000)}, separators=(",", ":")).encode()  # 889 KB
