@@ -18,9 +18,11 @@ $(CURDIR)/.uv/bin/uv:
 	$(PYTHON) -m venv .uv
 	.uv/bin/python -m pip install -q uv==$(UV_VERSION)
 
+# --compile-bytecode: every DVC stage, CLI call and test server is a new Python process, and
+# without .pyc files (PYTHONDONTWRITEBYTECODE set, as in CI) each one compiles its imports again.
 $(BIN)/carprice: pyproject.toml uv.lock | $(UV)
 	@echo "==> installing the project and its pinned dependencies into .venv (uv.lock)"
-	$(UV) sync --frozen --extra dev
+	$(UV) sync --frozen --extra dev --compile-bytecode
 	touch $(BIN)/carprice
 
 lock: | $(UV) ## re-resolve uv.lock after changing dependencies in pyproject.toml

@@ -6,17 +6,16 @@ from typing import Annotated
 
 import typer
 
-from pipelines.cli import app as data_app
+from pipelines.cli import register as register_pipelines
 from serving.cli import register as register_serving
 
 # Plain help (click's): no rich panels that print every flag as "<bool>", no markup to escape.
 app = typer.Typer(
-    help="Used-car price model: data, serving and access control.",
+    help="Used-car price model: data, models, serving and access control.",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
-app.add_typer(data_app, name="data")
-
+register_pipelines(app)
 register_serving(app)
 
 

@@ -1,11 +1,14 @@
-"""``params.yaml`` parsed into typed, validated models: the pipeline's only configuration."""
+"""The pipeline's configuration: ``params.yaml`` parsed into typed, validated models, and the
+few environment variables it reads (:class:`Environment`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class _Section(BaseModel):
@@ -68,3 +71,40 @@ def load_params(path: Path = Path("params.yaml")) -> Params:
     """Read and validate ``params.yaml`` (a clear error names any bad key or value)."""
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     return Params.model_validate(raw)
+
+
+class Environment(BaseSettings):
+    """The few environment variables the pipeline reads (this is the only place that reads any).
+
+    ``MLFLOW_TRACKING_URI`` points runs and the registry at a tracking server; DVC sets
+    ``DVC_EXP_NAME`` and ``DVC_EXP_BASELINE_REV`` while it runs an experiment (``dvc exp run``),
+    and not on a plain ``dvc repro``. The two MLflow HTTP limits are MLflow's own variables: when
+    unset, the pipeline gives them deliberate values (MLflow's defaults retry for minutes).
+    """
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    mlflow_tracking_uri: str | None = Field(None, alias="MLFLOW_TRACKING_URI")
+    dvc_exp_name: str | None = Field(None, alias="DVC_EXP_NAME")
+    dvc_exp_baseline_rev: str | None = Field(None, alias="DVC_EXP_BASELINE_REV")
+    mlflow_http_request_timeout: int = Field(
+        10, ge=1, alias="MLFLOW_HTTP_REQUEST_TIMEOUT", description="seconds per HTTP request"
+    )
+    mlflow_http_request_max_retries: int = Field(
+        1, ge=0, alias="MLFLOW_HTTP_REQUEST_MAX_RETRIES", description="retries of a failed request"
+    )
+
+    @property
+    def experiment(self) -> str | None:
+        """The DVC experiment being run, None on a plain ``dvc repro``."""
+        return self.dvc_exp_name or None
+
+    def apply_mlflow_limits(self) -> None:
+        """Hand the HTTP limits to MLflow (which reads them from the environment)."""
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(self.mlflow_http_request_timeout)
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(self.mlflow_http_request_max_retries)
+
+
+def load_environment() -> Environment:
+    """The environment as the pipeline sees it, read now (not cached: tests change it)."""
+    return Environment()

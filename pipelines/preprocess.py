@@ -22,6 +22,7 @@ from sklearn.model_selection import train_test_split
 from pipelines.atomic import atomic_path, write_text
 from pipelines.contract import DataContract, build_contract
 from pipelines.params import Params, PreprocessParams, load_params
+from pipelines.progress import Progress
 
 PROCESSED = Path("data/processed")
 REPORT = Path("reports/preprocess.json")
@@ -107,8 +108,11 @@ def run(params: Params, out_dir: Path = PROCESSED, report: Path = REPORT) -> dic
 
 def main() -> int:
     """DVC entry point."""
-    counts = run(load_params())
-    print(json.dumps(counts))
+    progress = Progress("preprocess")
+    with progress.step("clean, split and write data/processed/{train,test,reference}.parquet"):
+        counts = run(load_params())
+    progress.say(json.dumps(counts))
+    progress.done()
     return 0
 
 

@@ -1,27 +1,35 @@
-"""MLflow tracking for the pipeline: where runs go, and the provenance tags they carry.
+"""MLflow tracking for the pipeline: where runs go, the provenance tags they carry, and finding
+the run that logged a trained model.
 
 The embedded default is SQLite at ``mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``;
-``MLFLOW_TRACKING_URI`` points everything at a tracking server instead. This module is the one
-place that reads it.
+``MLFLOW_TRACKING_URI`` (read in :mod:`pipelines.params`) points everything at a tracking server.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
+
+from pipelines.params import load_environment
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 ARTIFACT_ROOT = Path("mlruns/artifacts")
 EXPERIMENT = "car-price"
+FINGERPRINT_TAG = "model_fingerprint"
+"""Run tag holding the sha256 of the fitted model (``models/train.json`` records the same)."""
+
+
+class RunNotFoundError(LookupError):
+    """No MLflow run logged the model that ``models/train.json`` describes."""
 
 
 def tracking_uri() -> str:
     """The tracking URI: ``MLFLOW_TRACKING_URI`` or the embedded SQLite store."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    return load_environment().mlflow_tracking_uri or DEFAULT_TRACKING_URI
 
 
 def configure(experiment: str = EXPERIMENT) -> str:
@@ -32,6 +40,7 @@ def configure(experiment: str = EXPERIMENT) -> str:
     """
     import mlflow
 
+    load_environment().apply_mlflow_limits()
     uri = tracking_uri()
     if uri == DEFAULT_TRACKING_URI:
         ARTIFACT_ROOT.mkdir(parents=True, exist_ok=True)
@@ -46,17 +55,63 @@ def configure(experiment: str = EXPERIMENT) -> str:
     return str(exp_id)
 
 
+def find_run(fingerprint: str, experiment_id: str) -> dict[str, str]:
+    """The newest run that logged the model with ``fingerprint``.
+
+    Returns:
+        ``run_id`` and ``model_uri`` of that run's model.
+
+    Raises:
+        RunNotFoundError: no run in the experiment carries the fingerprint (e.g. another tracking
+            store than the one ``train`` logged to).
+    """
+    from mlflow import MlflowClient
+
+    runs = MlflowClient().search_runs(
+        [experiment_id],
+        filter_string=f"tags.{FINGERPRINT_TAG} = '{fingerprint}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not runs or "model_id" not in runs[0].data.tags:
+        raise RunNotFoundError(
+            f"no MLflow run in {tracking_uri()} logged the model in models/train.json "
+            f"({FINGERPRINT_TAG} {fingerprint[:12]}); run `dvc repro --force train`"
+        )
+    run: Any = runs[0]
+    return {"run_id": run.info.run_id, "model_uri": f"models:/{run.data.tags['model_id']}"}
+
+
+def pipeline_outputs(dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:
+    """Every path DVC writes: ``dvc.lock`` and each stage's outs, metrics and plots."""
+    if not dvc_yaml.exists():
+        return []
+    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
+    paths = ["dvc.lock"]
+    for stage in stages.values():
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key) or []:
+                paths.append(next(iter(entry)) if isinstance(entry, dict) else str(entry))
+    return paths
+
+
 def git_commit() -> str | None:
-    """The current git commit, with ``-dirty`` if the work tree has changes; None outside git."""
+    """The current git commit, with ``-dirty`` when code, params or data differ from it.
+
+    The files DVC itself rewrites while a pipeline runs (``dvc.lock`` and the stage outputs
+    committed to git) are left out of the check: during ``dvc repro`` they change before the
+    later stages read this, and they are results, not inputs. None outside git.
+    """
     git = shutil.which("git")
     if git is None:
         return None
+    excludes = [f":(exclude){p}" for p in pipeline_outputs()]
     try:
         sha = subprocess.run(
             [git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            [git, "status", "--porcelain", "--untracked-files=no"],
+            [git, "status", "--porcelain", "--untracked-files=no", "--", ".", *excludes],
             capture_output=True,
             text=True,
             check=True,

@@ -8,14 +8,20 @@ to, which beats a constant fill for values that are missing at random.
 
 The run carries the params, cross-validated metrics, the model with its signature and input
 example, the data contract and the drift reference sample (as model artifacts, so serving gets
-them with the model), and the git commit and DVC data hash as tags.
+them with the model), and the git commit, DVC data hash and the model's fingerprint (sha256
+of its pickle) as tags. ``models/train.json`` holds only the fingerprint and the CV metrics,
+which the data, params and code determine (training is seeded), so a re-run on the same inputs
+writes the same bytes and ``dvc.lock`` does not change; ``evaluate`` finds the run by the tag.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +29,15 @@ import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.ensemble import HistGradientBoostingRegressor
-from sklearn.model_selection import KFold, cross_validate
+from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
 from pipelines.atomic import write_text
 from pipelines.contract import CATEGORICAL, FEATURES, NUMERICAL, TARGET, DataContract
-from pipelines.params import Params, TrainParams, load_params
+from pipelines.params import Params, TrainParams, load_environment, load_params
 from pipelines.preprocess import PROCESSED
+from pipelines.progress import Progress
 from pipelines.validate import contract_from
 
 RUN_INFO = Path("models/train.json")
@@ -71,28 +78,55 @@ def split_xy(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     return x, df[TARGET].astype("float64")
 
 
+def iterations(model: Any) -> int:
+    """Boosting iterations the fitted Pipeline's booster ran (early stopping may cut them)."""
+    regressor = model[-1]
+    booster = getattr(regressor, "regressor_", regressor)
+    return int(booster.n_iter_)
+
+
+def _fold_scores(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    err = predicted - y
+    ss_tot = float(np.sum((y - y.mean()) ** 2))
+    return {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "r2": 1.0 - float(np.sum(err**2)) / ss_tot if ss_tot > 0 else 0.0,
+    }
+
+
 def cross_validated_metrics(
-    model: Any, x: pd.DataFrame, y: pd.Series, params: TrainParams
+    model: Any,
+    x: pd.DataFrame,
+    y: pd.Series,
+    params: TrainParams,
+    progress: Progress | None = None,
 ) -> dict[str, float]:
-    """K-fold RMSE/MAE/R² (mean and std over folds); empty when ``cv_folds`` < 2."""
+    """K-fold RMSE/MAE/R² (mean and std over folds); empty when ``cv_folds`` < 2.
+
+    Each fold prints its scores, boosting iterations and time to ``progress`` when given.
+    """
+    from sklearn.base import clone
+
     if params.cv_folds < 2:
         return {}
     folds = KFold(params.cv_folds, shuffle=True, random_state=params.seed)
-    scores = cross_validate(
-        model,
-        x,
-        y,
-        cv=folds,
-        scoring={
-            "rmse": "neg_root_mean_squared_error",
-            "mae": "neg_mean_absolute_error",
-            "r2": "r2",
-        },
-        n_jobs=1,
-    )
+    scores: dict[str, list[float]] = {"rmse": [], "mae": [], "r2": []}
+    y_values = y.to_numpy(dtype=np.float64)
+    for i, (fit_idx, test_idx) in enumerate(folds.split(x), start=1):
+        started = time.perf_counter()
+        fitted = clone(model).fit(x.iloc[fit_idx], y.iloc[fit_idx])
+        fold = _fold_scores(y_values[test_idx], np.asarray(fitted.predict(x.iloc[test_idx])))
+        for name, value in fold.items():
+            scores[name].append(value)
+        if progress is not None:
+            progress.say(
+                f"CV fold {i}/{params.cv_folds}: {iterations(fitted)} boosting iterations, "
+                f"RMSE {fold['rmse']:.0f}, MAE {fold['mae']:.0f}, R² {fold['r2']:.4f} "
+                f"({time.perf_counter() - started:.1f} s)"
+            )
     out = {}
-    for name in ("rmse", "mae", "r2"):
-        values = scores[f"test_{name}"] * (1 if name == "r2" else -1)
+    for name, values in scores.items():
         out[f"cv_{name}"] = float(np.mean(values))
         out[f"cv_{name}_std"] = float(np.std(values))
     return out
@@ -113,14 +147,28 @@ def fit(params: TrainParams, contract: DataContract, x: pd.DataFrame, y: pd.Seri
     return build_model(params, contract).fit(x, y)
 
 
+def fingerprint(model: Any) -> str:
+    """sha256 of the fitted model's pickle: equal for equal models (training is seeded), so it
+    identifies the model in ``models/train.json`` without a volatile MLflow run id."""
+    return hashlib.sha256(pickle.dumps(model, protocol=5)).hexdigest()
+
+
 def signature_for(contract: DataContract) -> Any:
-    """The model signature, built from the contract (so optional columns are marked optional)."""
+    """The model signature, built from the contract (so optional columns are marked optional).
+
+    Categoricals are strings. Numbers are ``any``: the CSV the project writes, read the
+    ordinary way, gives int64 for an integer column without gaps and float64 for one with a
+    missing value or decimals, and JSON clients send ints and floats alike; MLflow's ``long``
+    refuses float64 and its ``double`` refuses int64, so the model itself converts numbers to
+    float (the booster does) and its contract's ranges travel in ``data_contract.json``.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, DataType, Schema, TensorSpec
+    from mlflow.types.schema import AnyType
 
     cols = [
         ColSpec(
-            DataType.string if c.kind == "categorical" else DataType.double,
+            DataType.string if c.kind == "categorical" else AnyType(),  # type: ignore[no-untyped-call]
             c.name,
             required=not c.nullable,
         )
@@ -189,33 +237,56 @@ def log_run(
             metadata={"feature_columns": list(FEATURES), "target": TARGET},
         )
         mlflow.log_artifact(str(contract_path))
+        mlflow.set_tag("model_id", info.model_id)
     return {"run_id": run.info.run_id, "model_uri": info.model_uri, "model_id": info.model_id}
 
 
 def main() -> int:
-    """DVC entry point: train, log to MLflow, record the run for ``evaluate``."""
+    """DVC entry point: train, log to MLflow, record the model's fingerprint for ``evaluate``."""
     from pipelines import tracking
 
+    progress = Progress("train")
     params = load_params()
     contract = contract_from(params)
-    train_df = pd.read_parquet(PROCESSED / "train.parquet")
-    reference = pd.read_parquet(PROCESSED / "reference.parquet")
-    x, y = split_xy(train_df)
-    metrics = cross_validated_metrics(build_model(params.train, contract), x, y, params.train)
+    with progress.step("read data/processed/train.parquet and reference.parquet"):
+        train_df = pd.read_parquet(PROCESSED / "train.parquet")
+        reference = pd.read_parquet(PROCESSED / "reference.parquet")
+        x, y = split_xy(train_df)
+    with progress.step(f"{params.train.cv_folds}-fold cross-validation on {len(x):,} rows"):
+        metrics = cross_validated_metrics(
+            build_model(params.train, contract), x, y, params.train, progress
+        )
+    started = time.perf_counter()
     model = fit(params.train, contract, x, y)
+    progress.say(
+        f"fit on all {len(x):,} rows: {iterations(model)} boosting iterations "
+        f"(max {params.train.max_iter}) ({time.perf_counter() - started:.1f} s)"
+    )
     metrics["train_rows"] = float(len(x))
-    tracking.configure()
-    tags = {"stage": "train", "model_family": "hist_gradient_boosting"}
-    for key, value in (
-        ("git_commit", tracking.git_commit()),
-        ("dvc_data_md5", tracking.dvc_data_hash()),
-    ):
-        if value:
-            tags[key] = value
-    example = x.head(5)
-    run = log_run(model, params, contract, metrics, example, reference[list(FEATURES)], tags)
-    write_text(RUN_INFO, json.dumps(run | {"metrics": metrics}, indent=2))
-    print(json.dumps(run | {"metrics": {k: round(v, 4) for k, v in metrics.items()}}))
+    model_hash = fingerprint(model)
+    with progress.step(f"log the run and the model to MLflow ({tracking.tracking_uri()})"):
+        tracking.configure()
+        tags = {
+            "stage": "train",
+            "model_family": "hist_gradient_boosting",
+            tracking.FINGERPRINT_TAG: model_hash,
+        }
+        for key, value in (
+            ("git_commit", tracking.git_commit()),
+            ("dvc_data_md5", tracking.dvc_data_hash()),
+            ("dvc_exp_name", load_environment().experiment),
+        ):
+            if value:
+                tags[key] = value
+        example = x.head(5)
+        run = log_run(model, params, contract, metrics, example, reference[list(FEATURES)], tags)
+    # Only what the data, params and code determine: no run id, so dvc.lock stays put.
+    write_text(RUN_INFO, json.dumps({"fingerprint": model_hash, "metrics": metrics}, indent=2))
+    progress.say(f"MLflow run {run['run_id']}, model {run['model_id']}")
+    progress.done(
+        f"CV RMSE {metrics.get('cv_rmse', float('nan')):.0f}, "
+        f"MAE {metrics.get('cv_mae', float('nan')):.0f}"
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 from pipelines.atomic import write_text
 from pipelines.contract import DataContract, build_contract
 from pipelines.params import Params, load_params
+from pipelines.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -271,12 +272,17 @@ def run(params: Params, report_path: Path = REPORT) -> ValidationReport:
 def main() -> int:
     """DVC entry point: exit 1 with a readable summary when the data breaks the contract."""
     logging.basicConfig(level=logging.WARNING)
-    report = run(load_params())
+    progress = Progress("validate")
+    params = load_params()
+    with progress.step(f"check {params.data.raw} against the data contract (Great Expectations)"):
+        report = run(params)
     stream = sys.stdout if report.success else sys.stderr
-    print(report.summary(), file=stream)
+    print(report.summary(), file=stream, flush=True)
     if not report.success:
         print(f"Full report: {REPORT}. Nothing downstream was run.", file=sys.stderr)
-    return 0 if report.success else 1
+        return 1
+    progress.done()
+    return 0
 
 
 if __name__ == "__main__":

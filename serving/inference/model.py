@@ -34,8 +34,14 @@ from serving.inference.registry import Registry, VersionInfo
 
 log = logging.getLogger(__name__)
 
-# MLflow signature types the API's feature kinds are sent to the model as.
-_SIGNATURE_TYPE = {"categorical": "string", "integer": "double", "float": "double"}
+# MLflow signature types that accept what the API sends for each feature kind: strings, and
+# float64 numbers. The pipeline declares numbers ``any`` (so pyfunc takes a CSV's int64 and
+# float64 columns alike); versions registered before that declare ``double``.
+_SIGNATURE_TYPES = {
+    "categorical": ("string",),
+    "integer": ("any", "double"),
+    "float": ("any", "double"),
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -109,9 +115,11 @@ def check_signature(signature: Any) -> list[str]:
         if spec is None:
             problems.append(f"input {f.name!r} is missing")
             continue
-        want = _SIGNATURE_TYPE[f.kind]
-        if spec.get("type") != want:
-            problems.append(f"input {f.name!r} is {spec.get('type')!r}, the API sends {want!r}")
+        want = _SIGNATURE_TYPES[f.kind]
+        if spec.get("type") not in want:
+            problems.append(
+                f"input {f.name!r} is {spec.get('type')!r}, the API sends {want[0]!r} values"
+            )
         if bool(spec.get("required", True)) == f.nullable:
             problems.append(
                 f"input {f.name!r} is {'required' if f.nullable else 'optional'} in the model "

@@ -58,6 +58,10 @@ def _candidate(
     return run, mae
 
 
+def _metrics(mae: float) -> dict[str, float]:
+    return {"mae": mae, "rmse": mae * 1.5, "r2": 0.9}
+
+
 def test_gate_promotes_first_then_keeps_production_for_a_worse_model(
     registry: str, listings: pd.DataFrame, contract: DataContract
 ) -> None:
@@ -67,7 +71,7 @@ def test_gate_promotes_first_then_keeps_production_for_a_worse_model(
     xt, yt = split_xy(test)
     good, good_mae = _candidate(listings, contract, max_iter=150)
     first = register_and_gate(
-        good["model_uri"], good["run_id"], "car-price", good_mae, xt, yt, 0.01
+        good["model_uri"], good["run_id"], "car-price", _metrics(good_mae), xt, yt, 0.01
     )
     assert first.promoted
     assert first.candidate_version == "1"
@@ -76,7 +80,7 @@ def test_gate_promotes_first_then_keeps_production_for_a_worse_model(
     worse, worse_mae = _candidate(listings, contract, max_iter=3)
     assert worse_mae > good_mae
     second = register_and_gate(
-        worse["model_uri"], worse["run_id"], "car-price", worse_mae, xt, yt, 0.01
+        worse["model_uri"], worse["run_id"], "car-price", _metrics(worse_mae), xt, yt, 0.01
     )
     assert not second.promoted
     assert second.alias == CHALLENGER

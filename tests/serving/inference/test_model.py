@@ -43,6 +43,7 @@ def test_signature_differences_are_each_named() -> None:
     signature = copy.deepcopy(signature_for(build_contract()))
     cols = signature.inputs.inputs
     cols[0] = ColSpec(DataType.long, "brand")  # wrong type
+    cols[8] = ColSpec(DataType.long, "year")  # refuses the float64 numbers the API sends
     cols[10] = ColSpec(DataType.double, "engine_cc", required=True)  # optional in the API
     del cols[-1]  # doors missing
     cols.append(ColSpec(DataType.string, "vin"))  # not in the API
@@ -50,6 +51,7 @@ def test_signature_differences_are_each_named() -> None:
     problems = " | ".join(check_signature(signature))
     for text in (
         "'brand' is 'long'",
+        "'year' is 'long'",
         "'engine_cc' is required",
         "'doors' is missing",
         "'vin'",
