@@ -7,7 +7,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 ROWS ?= 20000
 SEED ?= 42
 
-.PHONY: env lock setup data train run serve test lint format services bench bench-ops bench-hostile bench-knobs bench-monitoring bench-quality bench-pipeline bench-pipeline-1m clean
+.PHONY: env lock setup data train run serve test lint format services bench bench-ops bench-hostile bench-predlog bench-knobs bench-monitoring bench-quality bench-pipeline bench-pipeline-1m clean
 
 # uv installs from uv.lock; a machine with only Python gets a private, pinned uv in .uv/ first.
 UV_VERSION := 0.13.9
@@ -85,6 +85,9 @@ bench-quality: setup ## model RMSE vs irreducible error and MAE vs a linear base
 
 bench: setup ## serving benchmark against the issue's targets (see benchmarks/serving.py; needs wrk)
 	python benchmarks/serving.py
+
+bench-predlog: setup services ## rows/s of the prediction log's batched insert into PostgreSQL
+	python benchmarks/prediction_log.py
 
 bench-ops: setup ## worker memory with the pinned LRU full, a hot swap under load (needs wrk)
 	python benchmarks/serving_ops.py

@@ -121,7 +121,11 @@ class ModelStore:
                 raise ModelUnservable(
                     f"{self.name}/{version} is {info.status}, not READY", reason="not_ready"
                 )
-            model = await self._load(info, "pinned")
+            try:
+                model = await self._load(info, "pinned")
+            except (ModelUnservable, RegistryUnavailable) as exc:
+                log.warning("rejected %s/%s: %s", self.name, version, exc.message)
+                raise
             self._remember(model)
         self._pinned_locks.pop(version, None)
         return model
@@ -255,10 +259,12 @@ class ModelStore:
         try:
             model = await asyncio.to_thread(self._loader, self.registry, info)
         except (ModelUnservable, RegistryUnavailable) as exc:
+            # Not logged here: the caller says it once (the poller's status line, deduplicated
+            # across retries; a pinned request's warning), so an outage is one line, not one
+            # per retry.
             reason = exc.reason if isinstance(exc, ModelUnservable) else "registry_unavailable"
             MODEL_LOADS.labels(kind, "rejected", reason).inc()
             self._record_failure(info.version, exc.message)
-            log.error("rejected %s/%s: %s", self.name, info.version, exc.message)
             raise
         except Exception as exc:  # an unexpected loader error still only rejects the version
             MODEL_LOADS.labels(kind, "rejected", "load_failed").inc()

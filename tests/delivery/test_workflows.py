@@ -15,6 +15,11 @@ def workflow(name: str) -> dict[str, Any]:
     return data
 
 
+def triggers(data: dict[Any, Any]) -> Any:
+    """The ``on:`` block (YAML 1.1 reads the bare key ``on`` as True)."""
+    return data[True] if True in data else data["on"]
+
+
 def steps(data: dict[str, Any]) -> list[dict[str, Any]]:
     return [step for job in data["jobs"].values() for step in job.get("steps", [])]
 
@@ -50,7 +55,7 @@ def test_ci_runs_lint_and_tests_with_redis_and_postgres() -> None:
 
 def test_cd_pushes_sha_and_semver_tags_to_ghcr_and_deploys() -> None:
     cd = workflow("cd.yml")
-    assert cd[True]["push"] == {"branches": ["main"], "tags": ["v*.*.*"]}  # `on:` parses as True
+    assert triggers(cd)["push"] == {"branches": ["main"], "tags": ["v*.*.*"]}
     meta = next(s for s in steps(cd) if s.get("uses", "").startswith("docker/metadata-action"))
     assert "ghcr.io/" in meta["with"]["images"]
     tags = meta["with"]["tags"]
@@ -67,7 +72,7 @@ def test_cd_pushes_sha_and_semver_tags_to_ghcr_and_deploys() -> None:
 
 def test_retrain_pulls_repros_pushes_and_summarises() -> None:
     retrain = workflow("retrain.yml")
-    assert set(retrain[True]) == {"workflow_dispatch", "schedule"}
+    assert set(triggers(retrain)) == {"workflow_dispatch", "schedule"}
     text = "\n".join(s.get("run", "") for s in steps(retrain))
     for command in (
         "dvc pull",

@@ -1,0 +1,118 @@
+"""How fast the prediction log can be written to PostgreSQL: rows/s of the batched insert.
+
+The API's writer (:mod:`serving.monitoring.prediction_log`) queues logged cars and inserts them
+with :func:`serving.store.predictions.append`, up to ``CARPRICE_PREDICTION_LOG_BATCH_ROWS``
+(5,000) rows per transaction. This benchmark runs that insert from 1, 2 and 4 processes at once
+(as 1, 2, 4 API replicas would) into a fresh database on the local server, for a few seconds
+each, and prints the rows/s they reach together: the ceiling of logged cars per second, and
+what a replica's share of it is. The API itself, the queue and the network are not in it.
+
+    python benchmarks/prediction_log.py [--seconds 4] [--url postgresql+psycopg://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import secrets
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+CAR: dict[str, Any] = {
+    "brand": "Toyota", "model": "Corolla", "fuel_type": "Petrol", "transmission": "Manual",
+    "body_type": "Sedan", "seller_type": "Dealer", "owner_type": "First", "color": "White",
+    "year": 2019, "km_driven": 45000, "engine_cc": 1598, "max_power_bhp": 121.0,
+    "mileage_kmpl": 17.5, "seats": 5, "torque_nm": 153.0, "doors": 4,
+}  # fmt: skip
+
+
+def records(batch: int) -> list[dict[str, Any]]:
+    """``batch`` logged cars, as the writer hands them to ``append`` (one request per 10 cars)."""
+    now = datetime.now(UTC)
+    rows = []
+    for i in range(batch):
+        if i % 10 == 0:
+            request_id = uuid.uuid4().hex
+        rows.append(
+            {
+                "request_id": request_id,
+                "row": i % 10,
+                "logged_at": now,
+                "api_version": "v1",
+                "model_name": "car-price",
+                "model_version": "1",
+                "price": 812345.0 + i,
+                "cached": False,
+                "caller": "bench",
+                **CAR,
+            }
+        )
+    return rows
+
+
+def writer(url: str, batch: int, seconds: float, start: Any, out: Any) -> None:
+    from serving.store.database import create_db_engine
+    from serving.store.predictions import append
+
+    engine = create_db_engine(url)
+    start.wait()
+    written, deadline = 0, time.perf_counter() + seconds
+    began = time.perf_counter()
+    while time.perf_counter() < deadline:
+        chunk = records(batch)
+        with engine.begin() as connection:
+            append(connection, chunk)
+        written += len(chunk)
+    out.put((written, time.perf_counter() - began))
+    engine.dispose()
+
+
+def measure(url: str, writers: int, batch: int, seconds: float) -> float:
+    ctx = mp.get_context("spawn")
+    start, out = ctx.Event(), ctx.Queue()
+    procs = [
+        ctx.Process(target=writer, args=(url, batch, seconds, start, out)) for _ in range(writers)
+    ]
+    for proc in procs:
+        proc.start()
+    time.sleep(3)  # imports done in every process
+    start.set()
+    results = [out.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return float(sum(w for w, _ in results) / max(e for _, e in results))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=4.0)
+    parser.add_argument("--url", help="an existing database (default: a fresh one, dropped after)")
+    args = parser.parse_args()
+    name = None
+    url = args.url
+    if url is None:
+        name = f"carprice_bench_{secrets.token_hex(4)}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    try:
+        from serving.store.database import upgrade
+
+        upgrade(url)
+        print(f"{'writers':>7} {'batch':>6} {'rows/s':>9} {'rows/s per writer':>18}")
+        for writers, batch in ((1, 100), (1, 1000), (1, 5000), (2, 5000), (4, 5000)):
+            rate = measure(url, writers, batch, args.seconds)
+            print(f"{writers:>7} {batch:>6} {rate:>9,.0f} {rate / writers:>18,.0f}", flush=True)
+    finally:
+        if name is not None:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()
