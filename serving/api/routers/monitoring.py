@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from serving.access.principals import Role
 from serving.api.deps import SettingsDep
+from serving.api.schemas.errors import PROTECTED, ErrorResponse, error_responses
 from serving.api.security import require_role
 from serving.store import drift_reports
 from serving.store.drift_reports import StoredReport
@@ -38,11 +39,8 @@ router = APIRouter(
     prefix="/v1/monitoring",
     tags=["monitoring"],
     dependencies=[Depends(require_role(Role.ADMIN))],
-    responses={
-        401: {"description": "Not authenticated"},
-        403: {"description": "Not an admin"},
-        404: {"description": "No report stored yet (the message says how to produce one)"},
-    },
+    responses=error_responses(*PROTECTED)
+    | {404: {"model": ErrorResponse, "description": "No report stored yet (the message says how)"}},
 )
 
 

@@ -37,7 +37,7 @@ def _run(location: str, config: Path, *args: str) -> float:
         [str(SCHEMATHESIS), "--config-file", str(config), "run", location, *OPTIONS, *args],
         capture_output=True,
         text=True,
-        timeout=200,
+        timeout=500,
         check=False,
     )
     report = result.stdout + result.stderr

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gzip
-import http.client
 import json
 import multiprocessing
 import socket
@@ -24,6 +23,7 @@ import httpx
 import pytest
 
 from tests.serving.live import ServerProcess, cpu_seconds, rss_bytes
+from tests.serving.probe import poll
 from tests.serving.support import CAR
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # setup: a model load
@@ -42,30 +42,15 @@ def _key(served: ServerProcess) -> dict[str, str]:
     return {"X-API-Key": served.key}
 
 
-def _poll(port: int, ready: Any, stop: Any, out: Any) -> None:
-    # In its own process: the test's client threads must not delay the probe's own Python.
-    latencies = []
-    ready.set()
-    while not stop.is_set():
-        started = time.perf_counter()
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("GET", "/v2/health/live")
-        assert conn.getresponse().status == 200
-        conn.close()
-        latencies.append(time.perf_counter() - started)
-        stop.wait(0.01)
-    out.put(latencies)
-
-
 @contextlib.contextmanager
 def probing(port: int) -> Iterator[list[float]]:
     """Poll ``/v2/health/live`` from another process (a new connection each time, so any
     worker) while the block runs; yields the latencies (seconds), filled in when it ends."""
     ctx = multiprocessing.get_context("spawn")
     ready, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    proc = ctx.Process(target=_poll, args=(port, ready, stop, out), daemon=True)
+    proc = ctx.Process(target=poll, args=(port, ready, stop, out), daemon=True)
     proc.start()
-    assert ready.wait(60), "the probe did not start"
+    assert ready.wait(180), "the probe did not start"
     latencies: list[float] = []
     try:
         yield latencies
