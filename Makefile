@@ -87,7 +87,7 @@ bench: setup ## serving benchmark against the issue's targets (see benchmarks/se
 	python benchmarks/serving.py
 
 bench-predlog: setup services ## rows/s of the prediction log's batched insert into PostgreSQL
-	python benchmarks/prediction_log.py
+	python -m benchmarks.prediction_log
 
 bench-ops: setup ## worker memory with the pinned LRU full, a hot swap under load (needs wrk)
 	python benchmarks/serving_ops.py

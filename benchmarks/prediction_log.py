@@ -7,7 +7,7 @@ with :func:`serving.store.predictions.append`, up to ``CARPRICE_PREDICTION_LOG_B
 each, and prints the rows/s they reach together: the ceiling of logged cars per second, and
 what a replica's share of it is. The API itself, the queue and the network are not in it.
 
-    python benchmarks/prediction_log.py [--seconds 4] [--url postgresql+psycopg://...]
+    python -m benchmarks.prediction_log [--seconds 4] [--url postgresql+psycopg://...]
 """
 
 from __future__ import annotations
@@ -31,8 +31,11 @@ CAR: dict[str, Any] = {
 }  # fmt: skip
 
 
-def records(batch: int) -> list[dict[str, Any]]:
-    """``batch`` logged cars, as the writer hands them to ``append`` (one request per 10 cars)."""
+def records(batch: int) -> list[tuple[Any, ...]]:
+    """``batch`` logged cars as the writer hands them to ``append``: value tuples in
+    ``LOGGED_COLUMNS`` order, one request per 10 cars."""
+    from serving.store.predictions import LOGGED_COLUMNS
+
     now = datetime.now(UTC)
     rows = []
     for i in range(batch):
@@ -52,7 +55,7 @@ def records(batch: int) -> list[dict[str, Any]]:
                 **CAR,
             }
         )
-    return rows
+    return [tuple(row[c] for c in LOGGED_COLUMNS) for row in rows]
 
 
 def writer(url: str, batch: int, seconds: float, start: Any, out: Any) -> None:
