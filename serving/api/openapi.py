@@ -59,6 +59,10 @@ def _one_error_body(document: dict[str, Any]) -> None:
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
             responses = operation.get("responses", {})
+            for status, response in responses.items():
+                # A route answering HTML (the drift report) still answers errors as JSON.
+                if status >= "400" and "ErrorResponse" in str(response.get("content")):
+                    response["content"] = {"application/json": {"schema": error}}
             unprocessable = responses.get("422")
             if unprocessable and "HTTPValidationError" in str(unprocessable):
                 unprocessable["content"] = {"application/json": {"schema": error}}
