@@ -129,7 +129,12 @@ def _probe(port: int, seconds: float, out: Any) -> None:
 
 def _workers(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return [int(p) for p in children if b"carprice" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    # uvicorn's workers are spawned interpreters; multiprocessing's resource tracker is not one.
+    return [
+        int(p)
+        for p in children
+        if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()
+    ]
 
 
 def _rss_mb(pid: int) -> float:
@@ -219,6 +224,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         "CARPRICE_JWT_SECRET": secrets.token_hex(32),
         "CARPRICE_RELOAD_INTERVAL": "3600",
         "CARPRICE_LOG_LEVEL": "WARNING",  # the access log is not what is measured
+        "CARPRICE_REGISTRY_TIMEOUT": "60",  # a shared machine's SQLite registry can be slow
     }
     env.pop("CARPRICE_CACHE_URL", None)
     key = api_key(env, workdir, venv_bin)
