@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -28,3 +29,20 @@ def csv_file(tmp_path: Path, listings: pd.DataFrame) -> Path:
     path = tmp_path / "cars.csv"
     write_csv(listings, path)
     return path
+
+
+@pytest.fixture
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A real MLflow tracking store and registry (SQLite in a temp dir), selected for MLflow."""
+    import mlflow
+
+    from pipelines import tracking
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(tracking, "ARTIFACT_ROOT", tmp_path / "artifacts")
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("car-price", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("car-price")
+    yield uri
+    mlflow.set_tracking_uri(None)

@@ -80,8 +80,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Repo:
 
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    uri = f"sqlite:///{path / 'mlruns-test' / 'mlflow.db'}"
-    (path / "mlruns-test").mkdir()
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     env.update(
         MLFLOW_TRACKING_URI=uri,
         GIT_AUTHOR_NAME="test",
@@ -108,6 +107,30 @@ def test_first_repro_registers_and_promotes(repo: Repo) -> None:
     assert (repo.path / "reports" / "plots" / "residuals.png").exists()
     repo.run("git", "add", "-A")
     repo.run("git", "commit", "-q", "-m", "first run")
+
+
+def test_a_fresh_clone_trains_registers_and_stays_clean(
+    repo: Repo, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    from mlflow import MlflowClient
+
+    clone_path = tmp_path_factory.mktemp("clone") / "carprice"
+    repo.run("git", "clone", "-q", str(repo.path), str(clone_path))
+    raw = Path("data") / "raw" / "cars.csv"
+    (clone_path / raw).parent.mkdir(parents=True, exist_ok=True)
+    (clone_path / raw).write_bytes((repo.path / raw).read_bytes())  # as `make data` makes it
+    uri = f"sqlite:///{tmp_path_factory.mktemp('clone-mlflow') / 'mlflow.db'}"
+    clone = Repo(clone_path, repo.env | {"MLFLOW_TRACKING_URI": uri}, uri)
+    proc = clone.run("dvc", "repro")
+    assert "@production" in proc.stdout  # its own registry got the model
+    assert "Running stage 'validate'" not in proc.stdout  # its result is committed
+    assert clone.run("git", "status", "--porcelain").stdout == ""
+    assert "up to date" in clone.run("dvc", "status").stdout
+    head = clone.run("git", "rev-parse", "HEAD").stdout.strip()
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert client.get_model_version("car-price", "1").tags["git_commit"] == head
+    train = json.loads((clone_path / "models" / "train.json").read_text())
+    assert train == json.loads((repo.path / "models" / "train.json").read_text())
 
 
 def test_second_repro_is_a_no_op(repo: Repo) -> None:

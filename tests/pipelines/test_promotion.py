@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
 from pipelines.contract import DataContract
 from pipelines.evaluate import regression_metrics
 from pipelines.params import Params, TrainParams
-from pipelines.promotion import CHALLENGER, PRODUCTION, decide, register_and_gate
+from pipelines.promotion import (
+    CHALLENGER,
+    PRODUCTION,
+    PromotionError,
+    decide,
+    history,
+    move_production,
+    register_and_gate,
+    rollback,
+)
 from pipelines.train import fit, log_run, split_xy
 
 
@@ -27,22 +33,6 @@ def test_decide_needs_the_margin(candidate: float, production: float, promoted: 
     ok, reason = decide(candidate, production, 0.01)
     assert ok is promoted
     assert f"{production:.2f}" in reason
-
-
-@pytest.fixture
-def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    import mlflow
-
-    from pipelines import tracking
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setattr(tracking, "ARTIFACT_ROOT", tmp_path / "artifacts")
-    mlflow.set_tracking_uri(uri)
-    mlflow.create_experiment("car-price", artifact_location=(tmp_path / "artifacts").as_uri())
-    mlflow.set_experiment("car-price")
-    yield uri
-    mlflow.set_tracking_uri(None)
 
 
 def _candidate(
@@ -94,3 +84,60 @@ def test_gate_promotes_first_then_keeps_production_for_a_worse_model(
     assert tags["gate_decision"] == "challenger"
     assert float(tags["production_mae_at_gate"]) == pytest.approx(good_mae, rel=1e-4)
     assert tags["run_id"] == worse["run_id"]
+
+
+def test_an_experiment_that_passes_the_gate_stays_a_challenger(
+    registry: str, listings: pd.DataFrame, contract: DataContract
+) -> None:
+    from mlflow import MlflowClient
+
+    xt, yt = split_xy(listings.iloc[2_400:])
+    worse, worse_mae = _candidate(listings, contract, max_iter=3)
+    register_and_gate(
+        worse["model_uri"], worse["run_id"], "car-price", _metrics(worse_mae), xt, yt, 0.01
+    )
+    good, good_mae = _candidate(listings, contract, max_iter=150)
+    decision = register_and_gate(
+        good["model_uri"],
+        good["run_id"],
+        "car-price",
+        _metrics(good_mae),
+        xt,
+        yt,
+        0.01,
+        experiment="sunny-fern",
+        baseline_rev="abc123",
+    )
+    assert decision.passed
+    assert not decision.promoted
+    assert decision.alias == CHALLENGER
+    assert "never moves production" in decision.reason
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias("car-price", PRODUCTION).version) == "1"
+    tags = client.get_model_version("car-price", "2").tags
+    assert tags["gate_passed"] == "true"
+    assert tags["gate_decision"] == "challenger"
+    assert tags["dvc_exp_name"] == "sunny-fern"
+    assert tags["dvc_exp_baseline_rev"] == "abc123"
+
+
+def test_moves_are_kept_in_the_history_and_rollback_walks_it_back(
+    registry: str, listings: pd.DataFrame, contract: DataContract
+) -> None:
+    from mlflow import MlflowClient
+
+    xt, yt = split_xy(listings.iloc[2_400:])
+    for max_iter in (3, 20, 150):
+        run, mae = _candidate(listings, contract, max_iter=max_iter)
+        register_and_gate(run["model_uri"], run["run_id"], "car-price", _metrics(mae), xt, yt, 0.01)
+    client = MlflowClient()
+    assert history(client, "car-price") == ["1", "2", "3"]
+    move_production(client, "car-price", "1", "by hand")
+    assert history(client, "car-price") == ["1", "2", "3", "1"]
+    assert rollback(client, "car-price") == ("1", "3")
+    assert rollback(client, "car-price") == ("3", "2")
+    assert str(client.get_model_version_by_alias("car-price", PRODUCTION).version) == "2"
+    assert client.get_model_version("car-price", "3").tags["rolled_back"] == "true"
+    assert rollback(client, "car-price") == ("2", "1")
+    with pytest.raises(PromotionError, match="nothing to roll back to"):
+        rollback(client, "car-price")
