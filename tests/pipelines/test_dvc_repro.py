@@ -13,9 +13,10 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -150,8 +151,29 @@ def test_experiment_with_worse_params_becomes_challenger(repo: Repo) -> None:
     assert promotion["production_mae"] < promotion["candidate_mae"]
     shown = repo.run("dvc", "exp", "show", "--json").stdout
     assert "max_iter" in shown
+    # workspace, main and the experiment each have their holdout metrics (committed with git)
+    found = list(_metric_files(json.loads(shown)))
+    assert len(found) >= 3
+    assert all({"mae", "rmse", "r2"} <= set(m.get("data", {})) for m in found)
+    diff = json.loads(repo.run("dvc", "metrics", "diff", "--json").stdout)
+    assert diff["reports/metrics.json"]["mae"]["old"] is not None  # HEAD has them
+    plots = repo.run("dvc", "plots", "diff", "-o", str(repo.path / "dvc_plots"))
+    assert "failed to load" not in plots.stdout + plots.stderr
     repo.run("git", "checkout", "--", "params.yaml", "dvc.lock")
     repo.run("dvc", "repro")  # back to the committed state (restored from the DVC cache)
+
+
+def _metric_files(node: object) -> Iterator[dict[str, Any]]:
+    """Every ``reports/metrics.json`` entry in ``dvc exp show --json`` output."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reports/metrics.json" and isinstance(value, dict):
+                yield value
+            else:
+                yield from _metric_files(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _metric_files(item)
 
 
 def _listings() -> pd.DataFrame:
