@@ -38,9 +38,9 @@ def drift_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DriftRe
     root = tmp_path_factory.mktemp("drift-mlflow")
     uri = f"sqlite:///{root}/mlflow.db"
     previous = mlflow.get_tracking_uri()
-    previous_registry = mlflow.get_registry_uri()
+    # The tracking URI only: the registry follows it. A registry URI set here would stay set
+    # for the whole session, and other fixtures would register their models into this one.
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     try:
         exp = mlflow.create_experiment("drift", artifact_location=(root / "artifacts").as_uri())
         mlflow.set_experiment(experiment_id=exp)
@@ -59,7 +59,6 @@ def drift_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DriftRe
         yield DriftRegistry(uri=uri, run_id=run["run_id"])
     finally:
         mlflow.set_tracking_uri(previous)
-        mlflow.set_registry_uri(previous_registry)
 
 
 @pytest.fixture(scope="session")
