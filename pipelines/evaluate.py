@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from pipelines.atomic import atomic_path, write_text
 from pipelines.contract import CATEGORICAL, FEATURES, NUMERICAL
@@ -166,6 +167,9 @@ def main() -> int:
     from pipelines.promotion import register_and_gate
 
     progress = Progress("evaluate")
+    # Predictions here are a few passes over the trees: OpenMP's per-tree parallel regions cost
+    # more than they save, and on a busy machine each one waits for a descheduled thread.
+    threadpool_limits(limits=1, user_api="openmp")
     params = load_params()
     environment = load_environment()
     trained = json.loads(RUN_INFO.read_text(encoding="utf-8"))
