@@ -84,22 +84,22 @@ bench-quality: setup ## model RMSE vs irreducible error and MAE vs a linear base
 	python benchmarks/quality.py
 
 bench: setup ## serving benchmark against the issue's targets (see benchmarks/serving.py; needs wrk)
-	python benchmarks/serving.py
+	python -m benchmarks.serving
 
 bench-predlog: setup services ## rows/s of the prediction log's batched insert into PostgreSQL
 	python -m benchmarks.prediction_log
 
 bench-ops: setup ## worker memory with the pinned LRU full, a hot swap under load (needs wrk)
-	python benchmarks/serving_ops.py
+	python -m benchmarks.serving_ops
 
 bench-monitoring: setup services ## prediction log + metrics: overhead, SIGTERM drain, DB down, exact totals (~6 min; needs wrk: apt-get install -y wrk)
-	python benchmarks/serving_monitoring.py --temp-model
+	python -m benchmarks.serving_monitoring --temp-model
 
 bench-hostile: setup ## hostile clients (bogus and valid keys) beside legit traffic, 2 workers (needs wrk)
-	python benchmarks/hostile.py
+	python -m benchmarks.hostile
 
 bench-knobs: setup ## the serving loads with one setting changed at a time (~12 min; needs wrk)
-	python benchmarks/serving_knobs.py
+	python -m benchmarks.serving_knobs
 
 bench-drift: setup ## `carprice drift report` on 50,000 logged cars vs a 5,000-row reference
 	python benchmarks/drift.py

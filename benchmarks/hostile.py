@@ -36,12 +36,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)  # as in benchmarks/serving.py: the project root, not this folder
-
-from benchmarks.serving import (  # noqa: E402 - after the sys.path fix above
+from benchmarks.serving import (
     DEFAULT_URI,
+    ROOT,
     api_key,
     cars,
     free_port,

@@ -1,7 +1,7 @@
 """Serving benchmark in the production configuration: this API against ``mlflow models serve``,
 the constant FastAPI endpoint and the model's own in-process ``predict``, side by side.
 
-Run ``python benchmarks/serving.py`` (``make bench``). The servers run side by side, 2 uvicorn
+Run ``python -m benchmarks.serving`` (``make bench``). The servers run side by side, 2 uvicorn
 workers each, on 127.0.0.1: the API as compose runs it (API-key auth, the cache and the rate
 limits in a private ``redis-server`` started for the run, users, keys and the prediction log in
 a throw-away PostgreSQL database, multiprocess metrics, access log on), the same API with its
@@ -58,10 +58,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    # Run as a script, this folder is first on sys.path and this file's name would shadow
-    # the ``serving`` package: look in the project root instead.
-    sys.path[0] = str(ROOT)
 RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
 DEFAULT_URI = f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
 MODEL = "car-price"

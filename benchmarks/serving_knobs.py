@@ -1,6 +1,6 @@
 """What each serving knob is worth: the API's three loads with one setting changed at a time.
 
-Run ``python benchmarks/serving_knobs.py`` (``make bench-knobs``, ~12 minutes). A reference
+Run ``python -m benchmarks.serving_knobs`` (``make bench-knobs``, ~12 minutes). A reference
 API with the defaults runs throughout; for each configuration below a second API is started
 with that one setting changed (2 uvicorn workers each unless the configuration says
 otherwise; auth, cache and access log on). The two are measured in alternation, in short
@@ -26,13 +26,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)  # as in benchmarks/serving.py: the project root, not this folder
-
-from benchmarks.serving import (  # noqa: E402 - after the sys.path fix above
+from benchmarks.serving import (
     DEFAULT_URI,
     MODEL,
+    ROOT,
     api_key,
     cars,
     free_port,

@@ -1,7 +1,7 @@
 """Monitoring benchmark (issue 10): what the prediction log and the multiprocess metrics cost,
 and what they guarantee, in the production configuration.
 
-Run ``python benchmarks/serving_monitoring.py`` (``make bench-monitoring``, ~6 minutes). Every
+Run ``python -m benchmarks.serving_monitoring`` (``make bench-monitoring``, ~6 minutes). Every
 API here runs ``carprice serve --workers 2`` with the Redis cache and Redis rate limits on
 (Redis DB 7 on 127.0.0.1:6379, emptied first) and a fresh PostgreSQL database for the log.
 
@@ -49,13 +49,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)  # as in benchmarks/serving.py: the project root, not this folder
-
-from benchmarks.serving import (  # noqa: E402 - after the sys.path fix above
+from benchmarks.serving import (
     DEFAULT_URI,
     MODEL,
+    ROOT,
     api_key,
     cars,
     free_port,

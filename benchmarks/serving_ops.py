@@ -1,7 +1,7 @@
 """Operations benchmark: worker memory with one model and with the pinned LRU full, and a hot
 swap of the production model under load.
 
-Run ``python benchmarks/serving_ops.py`` (``make bench-ops``). It trains a model like the
+Run ``python -m benchmarks.serving_ops`` (``make bench-ops``). It trains a model like the
 pipeline's (``params.yaml``, 20,000 rows) into a temporary registry and registers it
 ``pinned_models_max + 1`` times (versions 1..5, version 1 as ``production``), then starts the
 API with 2 uvicorn workers, auth, cache and access log on, as ``make bench`` does:
@@ -32,12 +32,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
-    sys.path[0] = str(ROOT)  # as in benchmarks/serving.py: the project root, not this folder
-
-from benchmarks.serving import (  # noqa: E402 - after the sys.path fix above
+from benchmarks.serving import (
     MODEL,
+    ROOT,
     api_key,
     cars,
     free_port,
