@@ -110,6 +110,37 @@ def test_window_last_range_and_version(engine: Engine) -> None:
     assert [len(c) for c in chunks] == [4, 2]
 
 
+def test_drift_window_plain_arrays_of_the_same_cars(engine: Engine) -> None:
+    fill(
+        engine,
+        [
+            record(f"r{i}", at=T0 + timedelta(minutes=i), model_version="1" if i < 4 else "2")
+            for i in range(6)
+        ]
+        + [
+            record(
+                "s", 1, at=T0 + timedelta(hours=1), body_type="SUV", year=None, model_version="2"
+            )
+        ],
+    )
+    df = predictions.drift_window(engine, Window(last=3, model_version="1"))
+    assert tuple(df.columns) == predictions.DRIFT_COLUMNS
+    assert df.logged_at.tolist() == [T0 + timedelta(minutes=i) for i in (1, 2, 3)]
+    assert str(df.logged_at.dt.tz) == "UTC"
+    assert df.year.dtype == "float64"
+    assert df.year.tolist() == [2019.0] * 3
+    assert df.engine_cc.isna().all()
+    assert df.brand.dtype == object
+    assert df.body_type.isna().all()
+    assert df.body_type.tolist()[0] is not None  # NaN for a missing category, not None
+    assert math.isnan(df.actual_price.iloc[0])
+    assert df.price.tolist() == [12345.5] * 3
+    newest = predictions.drift_window(engine, Window(last=1))
+    assert newest.year.isna().all()
+    assert newest.body_type.tolist() == ["SUV"]
+    assert len(predictions.drift_window(engine, Window(model_version="3"))) == 0
+
+
 def test_window_rejects_mixed_or_naive_bounds() -> None:
     with pytest.raises(ValueError, match="not both"):
         Window(last=3, since=T0)
