@@ -16,7 +16,7 @@ from typing import Any
 from serving.errors import InvalidFeatures, LimitExceeded, PredictionFailed
 from serving.inference.batching import MicroBatcher
 from serving.inference.cache import PredictionCache
-from serving.inference.features import Row
+from serving.inference.features import Row, row_values
 from serving.inference.model_store import ModelStore
 from serving.monitoring import request_context
 from serving.monitoring.metrics import CACHE_EVENTS, INFERENCE_SECONDS, PREDICTIONS
@@ -120,7 +120,7 @@ class PredictionService:
                 caller=caller,
                 model_name=model.name,
                 model_version=model.version,
-                rows=rows,
+                columns=tuple(zip(*map(row_values, rows), strict=True)),
                 prices=priced,
                 cached=cached,
             )

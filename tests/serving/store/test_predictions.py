@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from sqlalchemy import Engine
 
@@ -70,10 +71,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 def fill(engine: Engine, records: list[dict[str, Any]]) -> None:
-    with engine.begin() as connection:
-        predictions.append(
-            connection, [tuple(r[c] for c in predictions.LOGGED_COLUMNS) for r in records]
-        )
+    predictions.append(engine, pa.Table.from_pylist(records, schema=predictions.LOGGED_SCHEMA))
 
 
 def test_window_columns_types_and_order(engine: Engine) -> None:
