@@ -163,8 +163,10 @@ class SeaweedS3:
         return [item["Key"] for item in listed.get("Contents", [])]
 
     def stop(self) -> None:
+        """Stop the store, hard: `weed server` does not exit on SIGTERM while its filer
+        retries the stopped volume server (20 s of waiting, then the SIGKILL anyway)."""
         if self.proc is not None:
-            self.proc.stop()
+            self.proc.stop(timeout=1)
             self.proc = None
 
 

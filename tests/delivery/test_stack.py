@@ -397,10 +397,10 @@ def test_unreachable_s3_store_at_start_then_up(trained: Stack) -> None:
     """Last: it stops the stack's S3 store (and starts it again)."""
     trained.s3.stop()
     try:
-        settings = make_settings(mlflow_tracking_uri=trained.mlflow.url, reload_interval=0.5)
+        settings = make_settings(mlflow_tracking_uri=trained.mlflow.url, reload_interval=0.25)
         with captured() as log, live_server(create_app(settings), ready=False) as server:
             wait_until(lambda: bool(log.matching("rejected")), 60, "the log line")
-            # Retried with backoff (0.5, 1, 2, 4 s ...): wait for a few failed downloads.
+            # Retried with backoff (0.25, 0.5, 1, 2 s ... 8 s): wait for a few failed downloads.
             downloads = trained.mlflow.proc.text().count(DOWNLOAD)
             wait_until(
                 lambda: trained.mlflow.proc.text().count(DOWNLOAD) >= downloads + 2,
