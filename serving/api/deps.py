@@ -14,11 +14,9 @@ from typing import Annotated, Any, cast
 
 from fastapi import Depends, Request
 from pydantic import TypeAdapter, ValidationError
-from starlette.requests import ClientDisconnect
 
-from serving.api.bodies import JsonLimits, check_json
+from serving.api.bodies import JsonLimits, read_json
 from serving.errors import (
-    ClientDisconnected,
     InvalidRequest,
     ModelNotFound,
     UnsupportedMediaType,
@@ -96,26 +94,14 @@ async def require_json(request: Request) -> None:
         )
 
 
-async def raw_body(request: Request) -> bytes:
-    """The request body as bytes, whatever its Content-Type (the size limit applies)."""
-    try:
-        return await request.body()
-    except ClientDisconnect:
-        raise ClientDisconnected("the client disconnected before sending the whole body") from None
-
-
-RawBody = Annotated[bytes, Depends(raw_body)]
-
-
-async def json_body(request: Request, body: RawBody) -> bytes:
+async def json_body(request: Request) -> bytes:
     """The body, JSON within the limits of :mod:`serving.api.bodies` (413 / 422).
 
     A route's own dependencies run after its router's, so on a protected route the body is
     read only once the caller is authenticated and counted against the rate limit.
     """
     limits: JsonLimits = request.app.state.json_limits
-    check_json(body, limits)
-    return body
+    return (await read_json(request.receive, limits)).body
 
 
 JsonBody = Annotated[bytes, Depends(json_body)]

@@ -9,9 +9,9 @@ dependency solving, route matching over every route, nine middleware layers each
 checks as the stack (the same functions) in the same order:
 
 request id -> credentials (``X-API-Key`` or a bearer token: :func:`~serving.api.security.admit`,
-401) -> rate limit (429) -> the predict role (403) -> body (:func:`~serving.api.bodies.read_body`;
-a client gone mid-body is logged as 499) -> JSON limits (:func:`~serving.api.bodies.check_json`,
-413/422) -> validation (:func:`~serving.api.schemas.v1.parse_car` / ``parse_cars``, 422) ->
+401) -> rate limit (429) -> the predict role (403) -> body within the JSON limits
+(:func:`~serving.api.bodies.read_json`, 413/422; a client gone mid-body is logged as 499) ->
+validation (:func:`~serving.api.schemas.v1.parse_car` / ``parse_cars``, 422) ->
 :class:`~serving.inference.prediction.PredictionService` -> the same response body and headers
 -> the same HTTP metrics and access-log line. Nothing about the body is looked at before the
 caller has proven who it is and been counted.
@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.access.principals import AccessError, Role
 from serving.access.ratelimit import RateLimited, RateState
-from serving.api.bodies import JsonLimits, check_json, read_body
+from serving.api.bodies import JsonLimits, read_json
 from serving.api.errors import error_response, serving_error_response
 from serving.api.middleware import REQUEST_ID_HEADER, log_access
 from serving.api.schemas.v1 import BatchPricePrediction, PricePrediction, parse_car, parse_cars
@@ -227,8 +227,7 @@ class FastLane:
             if not rate.allowed:
                 raise RateLimited(rate)
             check_role(principal, Role.PREDICT)
-            body = await read_body(receive)
-            check_json(body, limits)
+            body = (await read_json(receive, limits)).body
             result = await service.predict(
                 route.parse(body),
                 request_id=ctx.request_id,
