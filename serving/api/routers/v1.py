@@ -99,7 +99,7 @@ async def predict_batch(
     "/feedback",
     responses=FEEDBACK_RESPONSES | error_responses(415),
     dependencies=[Depends(require_json)],
-    openapi_extra=json_body(_Reports),
+    openapi_extra=json_body(_Reports, batch=True),
 )
 async def feedback(reports: ReportsBody, service: FeedbackServiceDep) -> FeedbackRecorded:
     """Report what priced cars really sold for: one report or a list (at most
