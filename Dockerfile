@@ -36,14 +36,15 @@ RUN groupadd --system --gid 10001 carprice \
     && mkdir -p /app /tmp/prometheus \
     && chown carprice:carprice /app /tmp/prometheus
 COPY --from=builder /opt/venv /opt/venv
-# PROMETHEUS_MULTIPROC_DIR: the workers' metrics are aggregated there; `carprice serve` empties
-# it at each start. The shutdown timeout lets in-flight requests and the prediction log drain
-# before the orchestrator's kill (compose stop_grace_period / k8s terminationGracePeriodSeconds
-# are set above it).
+# No PROMETHEUS_MULTIPROC_DIR here: the API's deployments set it (compose, k8s: /tmp/prometheus)
+# and `carprice serve` makes a fresh one without it, while every other process of the image
+# (the monitor, mlflow, the trainer) must not run prometheus_client in multiprocess mode: the
+# monitor died at import under a read-only root with an empty /tmp. The shutdown timeout lets
+# in-flight requests and the prediction log drain before the orchestrator's kill (compose
+# stop_grace_period / k8s terminationGracePeriodSeconds are set above it).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus \
     CARPRICE_SHUTDOWN_TIMEOUT=25 \
     MLFLOW_DISABLE_TELEMETRY=true \
     DO_NOT_TRACK=1

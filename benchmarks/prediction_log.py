@@ -31,10 +31,12 @@ CAR: dict[str, Any] = {
 }  # fmt: skip
 
 
-def records(batch: int) -> list[tuple[Any, ...]]:
-    """``batch`` logged cars as the writer hands them to ``append``: value tuples in
-    ``LOGGED_COLUMNS`` order, one request per 10 cars."""
-    from serving.store.predictions import LOGGED_COLUMNS
+def records(batch: int) -> Any:
+    """``batch`` logged cars as the writer hands them to ``append``: an Arrow table of
+    ``LOGGED_SCHEMA``, one request per 10 cars."""
+    import pyarrow as pa
+
+    from serving.store.predictions import LOGGED_SCHEMA
 
     now = datetime.now(UTC)
     rows = []
@@ -55,7 +57,7 @@ def records(batch: int) -> list[tuple[Any, ...]]:
                 **CAR,
             }
         )
-    return [tuple(row[c] for c in LOGGED_COLUMNS) for row in rows]
+    return pa.Table.from_pylist(rows, schema=LOGGED_SCHEMA)
 
 
 def writer(url: str, batch: int, seconds: float, start: Any, out: Any) -> None:
@@ -68,9 +70,8 @@ def writer(url: str, batch: int, seconds: float, start: Any, out: Any) -> None:
     began = time.perf_counter()
     while time.perf_counter() < deadline:
         chunk = records(batch)
-        with engine.begin() as connection:
-            append(connection, chunk)
-        written += len(chunk)
+        append(engine, chunk)
+        written += chunk.num_rows
     out.put((written, time.perf_counter() - began))
     engine.dispose()
 

@@ -2,20 +2,21 @@
 
 Every JSON body (``/v1``, ``/v2``, ``/v1/admin``) takes the same steps, in the fast lane and in
 the FastAPI stack alike, and only *after* its caller was authenticated and counted against the
-rate limit (so a caller who has not proven who it is costs a header check, never a parse):
+rate limit (so a caller who has not proven who it is costs a header check, never a read):
 
-1. Read it: :func:`read_body` in the lane, ``request.body()`` in the stack. The byte limit
-   (with or without ``Content-Length``) is enforced by the lane's header check and
-   :class:`~serving.api.middleware.BodySizeLimitMiddleware`; a client that goes away mid-body raises
-   :class:`~serving.errors.ClientDisconnected` (logged as 499, never a server error).
-2. :func:`check_json`: one pass of byte counts (``,`` ``:`` ``[`` ``{``, C speed, ~0.1 ms a MiB)
-   bounds the number of values, so a body holding more than ``max_values`` is a 413 before
-   any parser runs. The rest is parsed by orjson, a C parser that refuses what is not JSON
-   (bad UTF-8, ``NaN``, numbers beyond a double, nesting deeper than 1,024: one code,
-   ``invalid_json``, 422, everywhere), and, unless the counts already prove it, walked once
-   for the shape limits (nesting depth, keys in one object, items in one array, string
-   length: 422 ``limit_exceeded``, the message naming the limit).
-3. The route's schema (pydantic) validates the raw bytes. A body within the limits cannot
+1. :func:`read_json` reads it from ASGI ``receive``, counting each chunk's ``,`` and ``:`` as it
+   arrives (C speed): a body holding more than ``max_values`` values is a 413 *as soon as the
+   part received proves it*, and the rest is never read (the connection is closed instead:
+   :class:`~serving.api.middleware.UnreadBodyMiddleware`). The byte limit (with or without
+   ``Content-Length``) is enforced before that by the lane's header check and
+   :class:`~serving.api.middleware.BodySizeLimitMiddleware`; a client that goes away mid-body
+   raises :class:`~serving.errors.ClientDisconnected` (logged as 499, never a server error).
+2. Then orjson, a C parser, refuses what is not JSON (bad UTF-8, ``NaN``,
+   numbers beyond a double, nesting deeper than 1,024: one code, ``invalid_json``, 422,
+   everywhere); unless the counts already prove it, the value is walked once for the shape
+   limits (nesting depth, keys in one object, items in one array, string length: 422
+   ``limit_exceeded``, the message naming the limit).
+3. The route's schema (pydantic) validates the document. A body within the limits cannot
    make it produce more than a few dozen errors, so a refusal costs microseconds, not seconds.
 
 The limits are settings (``CARPRICE_MAX_JSON_*``, ``CARPRICE_BATCH_MAX``), kept on
@@ -63,36 +64,69 @@ class JsonLimits:
         )
 
 
-def check_json(body: bytes, limits: JsonLimits) -> Any:
-    """Refuse ``body`` unless it is JSON within ``limits``; returns the parsed value.
+@dataclass(frozen=True, slots=True)
+class JsonDocument:
+    """A JSON body within the limits: its bytes and what they parse to."""
+
+    body: bytes
+    value: Any
+
+
+async def read_json(receive: Receive, limits: JsonLimits) -> JsonDocument:
+    """The request body from ASGI ``receive``, JSON within ``limits`` (see the module docstring).
 
     Raises:
-        PayloadTooLarge: more values than ``max_values`` (decided before parsing).
+        ClientDisconnected: the client went away before the whole body came.
+        PayloadTooLarge: more values than ``max_values`` (decided on the bytes received so far,
+            before the rest is read or anything parses).
+        InvalidJson: empty, or not JSON.
+        LimitExceeded: too deep, too many keys in an object or items in an array, a string
+            too long.
+    """
+    chunks: list[bytes] = []
+    commas = colons = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnected("the client disconnected before sending the whole body")
+        chunk: bytes = message.get("body", b"")
+        if chunk:
+            commas += chunk.count(b",")
+            colons += chunk.count(b":")
+            if commas + colons + 1 > limits.max_values:
+                raise PayloadTooLarge(
+                    f"the body holds more than {limits.max_values} values and keys "
+                    "(CARPRICE_MAX_JSON_VALUES)"
+                )
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    return JsonDocument(body, _parse(body, limits, commas, colons))
+
+
+def _parse(body: bytes, limits: JsonLimits, commas: int, colons: int) -> Any:
+    """``body`` parsed, if it is JSON within ``limits``; ``commas`` and ``colons``: its counts
+    of those bytes, taken while reading it (``max_values`` is checked).
+
+    Raises:
         InvalidJson: empty, or not JSON.
         LimitExceeded: too deep, too many keys in an object or items in an array, a string
             too long.
     """
     if not body.strip():
         raise InvalidJson("the body is empty: send JSON")
-    commas = body.count(b",")
-    colons = body.count(b":")
-    if commas + colons + 1 > limits.max_values:
-        raise PayloadTooLarge(
-            f"the body holds more than {limits.max_values} values and keys "
-            "(CARPRICE_MAX_JSON_VALUES)"
-        )
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if "depth" in str(exc):  # orjson's own limit (1,024) is past ours
             raise _too_deep(limits) from None
         raise InvalidJson("the body is not valid JSON") from None
-    openers = body.count(b"[") + body.count(b"{")
     if (
-        openers <= limits.max_depth
-        and colons <= limits.max_keys
+        colons <= limits.max_keys
         and commas < limits.max_items
         and len(body) <= limits.max_string
+        and body.count(b"[") + body.count(b"{") <= limits.max_depth
     ):
         return value  # the counts prove every limit: no walk
     _walk(value, limits)
@@ -153,15 +187,3 @@ def _too_long(limits: JsonLimits) -> LimitExceeded:
         f"a string is longer than {limits.max_string} characters (CARPRICE_MAX_JSON_STRING)",
         "string_too_long",
     )
-
-
-async def read_body(receive: Receive) -> bytes:
-    """The whole request body from ASGI ``receive`` (raises ``ClientDisconnected``)."""
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            raise ClientDisconnected("the client disconnected before sending the whole body")
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)

@@ -6,7 +6,8 @@
   unexpected exception into a logged 500 with the error body shape.
 * :class:`BodySizeLimitMiddleware` answers 413 to a body over the limit: at once when
   ``Content-Length`` says so, else as soon as the bytes received pass it (chunked uploads, or
-  a client that sends no length), without reading the rest; and 415 at once to a
+  a client that sends no length), without reading the rest, and closes the connection (the
+  rest is never received just to be thrown away); and 415 at once to a
   ``Content-Encoding`` (the server decodes none: a gzip body would otherwise be read as
   JSON). Both look at headers only, so they come before authentication and cost nothing.
 """
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("serving.access_log")
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_CLOSE = {"Connection": "close"}
+"""On a 413 for a body over the byte limit: uvicorn then closes the connection instead of
+reading the rest. (A body refused within the limit is drained: on a keep-alive connection
+that costs the server less CPU than the client's next connection, as measured.)"""
 
 
 class RequestContextMiddleware:
@@ -110,7 +115,9 @@ class BodyTooLarge(HTTPException):
     """
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the body is larger than the limit of {limit} bytes")
+        super().__init__(
+            413, f"the body is larger than the limit of {limit} bytes", headers=dict(_CLOSE)
+        )
 
 
 class BodySizeLimitMiddleware:
@@ -173,5 +180,8 @@ def _unsupported_encoding(encoding: str) -> ASGIApp:
 
 def _too_large(limit: int) -> ASGIApp:
     return error_response(
-        413, "payload_too_large", f"the body is larger than the limit of {limit} bytes"
+        413,
+        "payload_too_large",
+        f"the body is larger than the limit of {limit} bytes",
+        headers=dict(_CLOSE),
     )

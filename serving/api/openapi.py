@@ -19,15 +19,36 @@ BATCH_MAX_MARK = "x-batch-max"
 
 
 def json_body(tp: Any, *, batch: bool = False, description: str | None = None) -> dict[str, Any]:
-    """``openapi_extra`` documenting a required JSON body of type ``tp``; ``batch`` marks a
-    list whose ``maxItems`` is the ``batch_max`` setting."""
+    """``openapi_extra`` documenting a required JSON body of type ``tp``; ``batch`` marks the
+    list (``tp`` itself, or its list alternative: one item or a list of them) whose
+    ``maxItems`` is the ``batch_max`` setting."""
+    return _body(tp, "application/json", batch=batch, description=description)
+
+
+def form_body(tp: Any) -> dict[str, Any]:
+    """``openapi_extra`` documenting a required URL-encoded form of the fields of model ``tp``
+    (read in a dependency, like a JSON body, so that FastAPI does not read it first)."""
+    return _body(tp, "application/x-www-form-urlencoded")
+
+
+def _body(
+    tp: Any, media_type: str, *, batch: bool = False, description: str | None = None
+) -> dict[str, Any]:
     schema = TypeAdapter(tp).json_schema(ref_template=REF_TEMPLATE)
     if batch:
-        schema = {**schema, "minItems": 1, BATCH_MAX_MARK: True}
-    body: dict[str, Any] = {"required": True, "content": {"application/json": {"schema": schema}}}
+        schema = _batch(schema)
+    body: dict[str, Any] = {"required": True, "content": {media_type: {"schema": schema}}}
     if description:
         body["description"] = description
     return {"requestBody": body}
+
+
+def _batch(schema: dict[str, Any]) -> dict[str, Any]:
+    if schema.get("type") == "array":
+        return {**schema, "minItems": 1, BATCH_MAX_MARK: True}
+    if "anyOf" in schema:
+        return {**schema, "anyOf": [_batch(s) for s in schema["anyOf"]]}
+    return schema
 
 
 def finish(document: dict[str, Any], batch_max: int) -> dict[str, Any]:

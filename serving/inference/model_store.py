@@ -211,7 +211,9 @@ class ModelStore:
             return False
         model = self._pinned.pop(info.version, None)
         if model is None:
-            if current is None:
+            # A retry keeps the failure as the status, so failing the same way again is not
+            # logged again: one line per outage, not one per retry.
+            if current is None and info.version not in self._failures:
                 self.status = f"starting: loading {self.name}/{info.version}"
             try:
                 model = await self._load(info, "initial" if current is None else "reload")

@@ -81,7 +81,7 @@ class DriftJob:
         """
         info = self.version(version)
         which = replace(which or Window(last=self.window_rows), model_version=info.version)
-        current = predictions.window(self.log_engine, which)
+        current = predictions.drift_window(self.log_engine, which)
         if len(current) < self.min_rows:
             raise TooFewRows(
                 f"only {len(current)} logged car{'s' if len(current) != 1 else ''} of "

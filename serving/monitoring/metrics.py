@@ -8,8 +8,9 @@ Several workers: ``carprice serve`` points ``PROMETHEUS_MULTIPROC_DIR`` (prometh
 variable) at a fresh directory before anything imports prometheus_client; every process then
 writes its samples to files there and ``/metrics`` sums them (``MultiProcessCollector``), so a
 scrape of any worker shows the totals of all. Every gauge says how its per-worker values
-combine (``multiprocess_mode``); a worker that exits is marked dead (:func:`worker_exited`),
-which removes its live gauges and keeps its counts.
+combine (``multiprocess_mode``); updates are written by :mod:`serving.monitoring.metric_files`
+(the same files, a fraction of the cost per update); a worker that exits is marked dead
+(:func:`worker_exited`), which removes its live gauges and keeps its counts.
 """
 
 from __future__ import annotations
@@ -19,8 +20,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, Summary, multiprocess
+from prometheus_client import Counter, Gauge, Histogram, Summary, multiprocess, values
 from prometheus_fastapi_instrumentator import metrics as http_metrics
+
+from serving.monitoring import metric_files
+
+if values.ValueClass._multiprocess:  # prometheus_client chose its files when imported
+    # Before the first metric: cheaper writes into the same files (see metric_files).
+    metric_files.install(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 MODEL_LOADS = Counter(
     "carprice_model_loads",

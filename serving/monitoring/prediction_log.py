@@ -1,15 +1,19 @@
 """The prediction log's writer: a bounded in-process queue and one thread writing it in batches.
 
-:meth:`PredictionLog.record` is called by the prediction service for every answered request. It
-only appends one entry (the request's rows, prices and who asked) to a queue under a lock held
-for microseconds: a request never waits on the database. The writer thread turns queued
-requests into one row per car and writes up to ``batch_rows`` of them per statement
-(:func:`serving.store.predictions.append`: ``COPY`` on PostgreSQL).
+:meth:`PredictionLog.record` is called by the prediction service once per answered request,
+with the request's cars column by column. It appends one tuple to a queue under a lock held for
+a microsecond: no per-car work, and a request never waits on the database. The writer thread
+turns a batch of queued requests (up to ``batch_rows`` cars) into one Arrow table with a few
+bulk conversions (no Python loop per car) and writes it in one statement
+(:func:`serving.store.predictions.append`: one ``COPY`` on PostgreSQL).
 
-Failure: a batch that cannot be written stays at the head of the queue and is retried with a
-growing pause (0.25 s up to 5 s), so logging resumes by itself when the database is back. While
-it is away the queue fills; once ``queue_max`` cars are waiting, new ones are dropped, counted
-(``carprice_prediction_log_rows_dropped_total``) and reported in a warning at most every 10 s.
+Failure: a batch that cannot be written because the database is away stays at the head of the
+queue and is retried with a growing pause (0.25 s up to 5 s; every attempt bounded by the
+engine's connect and statement timeouts), so logging resumes by itself when the database is
+back. While it is away the queue fills; once ``queue_max`` cars are waiting, new ones are
+dropped, counted (``carprice_prediction_log_rows_dropped_total``) and reported in a warning at
+most every 10 s. A batch the database refuses for what it holds (a retry cannot help) is
+dropped and counted the same way instead of blocking the log.
 
 Shutdown: :meth:`close` (in the lifespan's shutdown, after uvicorn has answered every in-flight
 request) stops taking entries and waits for the writer to drain the queue.
@@ -17,18 +21,19 @@ request) stops taking entries and waits for the writer to drain the queue.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 from sqlalchemy import Engine
 
-from serving.inference.features import FEATURES, Row, row_values
+from serving.inference.features import FEATURES
 from serving.monitoring.metrics import (
     LOG_QUEUE_DEPTH,
     LOG_ROWS_DROPPED,
@@ -40,43 +45,61 @@ from serving.store.database import upgrade_engine
 
 log = logging.getLogger(__name__)
 
-_INTEGER_POSITIONS = tuple(i for i, f in enumerate(FEATURES) if f.kind == "integer")
 _RETRY_FIRST, _RETRY_MAX = 0.25, 5.0
 _WARN_EVERY = 10.0
+_TYPES = tuple(predictions.LOGGED_SCHEMA.field(f.name).type for f in FEATURES)
+
+Column = Sequence[Any]
+"""One feature's values for every car of a request: ``str``/``float``/``None`` (a list or a
+NumPy array; in a float array NaN means missing)."""
+
+# One queued request: (request_id, api_version, caller, model_name, model_version, unix time,
+# feature columns, prices, cached flags, number of cars). A plain tuple: the cheapest to build.
+_Entry = tuple[
+    str, str, str, str, str, float, Sequence[Column], Sequence[float], Sequence[bool], int
+]
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """One answered request, as queued: the work of turning it into rows is the writer's."""
-
-    request_id: str
-    api_version: str
-    caller: str
-    model_name: str
-    model_version: str
-    logged_at: datetime
-    rows: Sequence[Row]
-    prices: Sequence[float]
-    cached: Sequence[bool]
+def _flat(parts: Sequence[Sequence[Any]]) -> list[Any]:
+    return list(itertools.chain.from_iterable(parts))
 
 
-def _records(entry: _Entry) -> list[tuple[Any, ...]]:
-    """The entry's cars as value tuples in :data:`~serving.store.predictions.LOGGED_COLUMNS`
-    order (integer features as ``int``: the API only accepts whole numbers there)."""
-    head = (entry.api_version, entry.model_name, entry.model_version)
-    out = []
-    for i, (row, price, cached) in enumerate(
-        zip(entry.rows, entry.prices, entry.cached, strict=True)
-    ):
-        features = list(row_values(row))
-        for k in _INTEGER_POSITIONS:
-            value = features[k]
-            if value is not None:
-                features[k] = int(value)
-        out.append(
-            (entry.request_id, i, entry.logged_at, *head, price, cached, entry.caller, *features)
-        )
-    return out
+def _column(parts: Sequence[Column], kind: pa.DataType) -> pa.Array:
+    """One feature column of a batch: every request's part, as one Arrow array."""
+    if kind == pa.int64():  # the API accepts only whole numbers there; NaN/None -> null
+        return pa.array(_flat(parts), pa.float64(), from_pandas=True).cast(kind, safe=False)
+    return pa.array(_flat(parts), kind, from_pandas=True)
+
+
+def batch_table(entries: Sequence[_Entry]) -> pa.Table:
+    """Queued requests as one table of logged cars
+    (:data:`~serving.store.predictions.LOGGED_SCHEMA`), built with bulk conversions only."""
+    (request_ids, api_versions, callers, model_names, model_versions, times, columns, prices,
+     cached, counts) = zip(*entries, strict=True)  # fmt: skip
+    sizes = np.asarray(counts, dtype=np.int64)
+    which = np.repeat(np.arange(len(entries)), sizes)  # request of each car
+    starts = np.cumsum(sizes) - sizes
+    micros = (np.asarray(times) * 1e6).astype(np.int64)
+
+    def per_request(values: Sequence[str]) -> pa.Array:
+        return pa.array(values, pa.string()).take(which)
+
+    arrays = [
+        per_request(request_ids),
+        pa.array(np.arange(len(which)) - starts[which], pa.int64()),
+        pa.array(micros[which], pa.timestamp("us", tz="UTC")),
+        per_request(api_versions),
+        per_request(model_names),
+        per_request(model_versions),
+        pa.array(_flat(prices), pa.float64()),
+        pa.array(_flat(cached), pa.bool_()),
+        per_request(callers),
+        *(
+            _column(parts, kind)
+            for parts, kind in zip(zip(*columns, strict=True), _TYPES, strict=True)
+        ),
+    ]
+    return pa.Table.from_arrays(arrays, schema=predictions.LOGGED_SCHEMA)
 
 
 class PredictionLog:
@@ -119,38 +142,32 @@ class PredictionLog:
         caller: str,
         model_name: str,
         model_version: str,
-        rows: Sequence[Row],
+        columns: Sequence[Column],
         prices: Sequence[float],
         cached: Sequence[bool],
     ) -> bool:
-        """Queue one answered request's cars; False (and counted) when they were dropped."""
-        n = len(rows)
-        entry = _Entry(
-            request_id,
-            api_version,
-            caller,
-            model_name,
-            model_version,
-            datetime.now(UTC),
-            rows,
-            prices,
-            cached,
-        )
+        """Queue one answered request's cars; False (and counted) when they were dropped.
+
+        ``columns`` holds the 16 feature columns in :data:`~serving.inference.features.FEATURES`
+        order, each with one value per car (see :data:`Column`); ``prices`` and ``cached`` one
+        per car. Nothing is copied or converted here: the caller must not change them after.
+        """
+        n = len(prices)
+        entry = (request_id, api_version, caller, model_name, model_version, time.time(),
+                 columns, prices, cached, n)  # fmt: skip
         with self._lock:
-            if self._accepting and self._pending + n <= self.queue_max:
+            accepted = self._accepting and self._pending + n <= self.queue_max
+            if accepted:
                 self._queue.append(entry)
                 self._pending += n
                 full = self._pending >= self.batch_rows
-                accepted = True
-            else:
-                accepted = full = False
-        if full:
-            self._wake.set()
         if not accepted:
             self._drop(n)
+        elif full:
+            self._wake.set()
         return accepted
 
-    def _drop(self, n: int) -> None:
+    def _drop(self, n: int, reason: str = "queue full") -> None:
         LOG_ROWS_DROPPED.inc(n)
         now = time.monotonic()
         with self._lock:
@@ -161,9 +178,10 @@ class PredictionLog:
             self._last_warning = now
             count, self._dropped_unreported = self._dropped_unreported, 0
         log.warning(
-            "prediction log queue full (%d cars waiting): dropped %d cars since the last warning",
-            self.queue_max,
+            "prediction log: dropped %d cars since the last warning (%s; queue holds at most %d)",
             count,
+            reason,
+            self.queue_max,
         )
 
     @property
@@ -211,16 +229,15 @@ class PredictionLog:
             while self._queue and rows < self.batch_rows:
                 entry = self._queue.popleft()
                 taken.append(entry)
-                rows += len(entry.rows)
+                rows += entry[-1]
             return taken, rows
 
     def _run(self) -> None:
-        batch: list[_Entry] = []
+        table: pa.Table | None = None
         rows = 0
-        records: list[tuple[Any, ...]] = []
         pause = _RETRY_FIRST
         while True:
-            if not batch:
+            if table is None:
                 if not self._stop.is_set():
                     self._wake.wait(self.flush_interval)
                     self._wake.clear()
@@ -230,32 +247,48 @@ class PredictionLog:
                     if self._stop.is_set():
                         return
                     continue
-                records = [r for entry in batch for r in _records(entry)]
+                table = batch_table(batch)
             try:
-                self._write(records)
-            except Exception as exc:  # the database is away or refused: keep the batch, retry
+                self._write(table)
+            except (
+                predictions.RefusedError
+            ) as exc:  # refused for what it holds: a retry cannot help
+                self.write_errors += 1
+                LOG_WRITE_ERRORS.inc()
+                log.error("prediction log refused a batch of %d cars: %s", rows, _first_line(exc))
+                self._done(rows)
+                self._drop(rows, "refused by the database")
+            except Exception as exc:  # the database is away or hangs: keep the batch, retry
                 self.write_errors += 1
                 LOG_WRITE_ERRORS.inc()
                 log.warning(
                     "prediction log write of %d cars failed (retrying in %.2g s): %s",
                     rows,
                     pause,
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                    _first_line(exc),
                 )
                 time.sleep(pause)
                 pause = min(pause * 2, _RETRY_MAX)
                 continue
+            else:
+                self.written += rows
+                LOG_ROWS_WRITTEN.inc(rows)
+                self._done(rows)
             pause = _RETRY_FIRST
-            with self._lock:
-                self._pending -= rows
-            self.written += rows
-            LOG_ROWS_WRITTEN.inc(rows)
-            LOG_QUEUE_DEPTH.set(self._pending)
-            batch, records = [], []
+            table = None
 
-    def _write(self, records: list[tuple[Any, ...]]) -> None:
+    def _done(self, rows: int) -> None:
+        with self._lock:
+            self._pending -= rows
+        LOG_QUEUE_DEPTH.set(self._pending)
+
+    def _write(self, table: pa.Table) -> None:
         if self._migrate:
             upgrade_engine(self.engine)  # the log's own database may be another one
             self._migrate = False
-        with self.engine.begin() as connection:
-            predictions.append(connection, records)
+        predictions.append(self.engine, table)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__

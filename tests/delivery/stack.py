@@ -122,6 +122,7 @@ class SeaweedS3:
         self.proc: Process | None = None
 
     def start(self) -> None:
+        """Start the server (without waiting for it: see :meth:`wait`)."""
         p = self.ports
         args = [
             str(BIN / "weed"), "server", f"-dir={self.data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -132,7 +133,10 @@ class SeaweedS3:
             f"-metricsPort={p[10]}", f"-s3.config={self.config}",
         ]  # fmt: skip
         self.proc = Process.start(args, self.root / "weed.log", dict(os.environ))
-        wait_until(self.ready, 60, "SeaweedFS S3", self.proc)
+
+    def wait(self, timeout: float = 60) -> None:
+        """Until the store answers (its bucket made, an object written)."""
+        wait_until(self.ready, timeout, "SeaweedFS S3", self.proc)
 
     def client(self) -> Any:
         import boto3
@@ -154,13 +158,15 @@ class SeaweedS3:
         client.put_object(Bucket=BUCKET, Key="ready", Body=b"1")
         return True
 
-    def keys(self) -> list[str]:
+    def object_keys(self) -> list[str]:
         listed = self.client().list_objects_v2(Bucket=BUCKET)
         return [item["Key"] for item in listed.get("Contents", [])]
 
     def stop(self) -> None:
+        """Stop the store, hard: `weed server` does not exit on SIGTERM while its filer
+        retries the stopped volume server (20 s of waiting, then the SIGKILL anyway)."""
         if self.proc is not None:
-            self.proc.stop()
+            self.proc.stop(timeout=1)
             self.proc = None
 
 

@@ -95,6 +95,11 @@ def test_api_runs_two_workers_with_a_fresh_multiprocess_dir_and_drains() -> None
     assert int(api["stop_grace_period"].rstrip("s")) > float(env["CARPRICE_SHUTDOWN_TIMEOUT"]) + 5
 
 
+def test_only_the_api_runs_prometheus_in_multiprocess_mode() -> None:
+    for name, service in services().items():
+        assert ("PROMETHEUS_MULTIPROC_DIR" in environment(service)) == (name == "api"), name
+
+
 def test_ports_are_coherent() -> None:
     svc = services()
     published: list[str] = []

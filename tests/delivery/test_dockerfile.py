@@ -80,3 +80,12 @@ def test_dockerignore_keeps_secrets_data_and_venvs_out() -> None:
     assert lines[lines.index("*")] == "*", "deny by default"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     assert allowed == {"pyproject.toml", "uv.lock", "README.md", "carprice", "pipelines", "serving"}
+
+
+def test_the_image_leaves_prometheus_multiprocess_mode_to_the_api() -> None:
+    """The image's other processes (the monitor, mlflow, the trainer) must not inherit
+    PROMETHEUS_MULTIPROC_DIR: under a read-only root with an empty /tmp the monitor died at
+    import (prometheus_client opens its files there). The API's deployments set it, and
+    `carprice serve` makes a fresh one when it is unset."""
+    env = [line for line in stages()[-1] if line.startswith("ENV ")]
+    assert not any("PROMETHEUS_MULTIPROC_DIR" in line for line in env)

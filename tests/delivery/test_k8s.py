@@ -18,6 +18,7 @@ from tests.delivery.conftest import ROOT, load_all_yaml, run, tool
 
 K8S = ROOT / "deploy" / "k8s"
 BUILDS = ["base", "overlays/staging", "overlays/production", "kserve"]
+WORKLOADS = ("Deployment", "InferenceService")
 KUBERNETES_VERSION = "1.33.0"  # the oldest version the manifests must still validate against
 
 
@@ -95,6 +96,19 @@ def test_api_probes_resources_and_drain() -> None:
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert {"name": "PROMETHEUS_MULTIPROC_DIR", "value": "/tmp/prometheus"} in container["env"]
         assert api["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+
+@pytest.mark.parametrize("name", BUILDS)
+def test_only_the_api_runs_prometheus_in_multiprocess_mode(name: str) -> None:
+    workloads = {k: d for k, d in kinds(name).items() if d["kind"] in WORKLOADS}
+    assert workloads
+    for key, doc in workloads.items():
+        for container in containers(doc):
+            multiprocess = any(
+                e["name"] == "PROMETHEUS_MULTIPROC_DIR" for e in container.get("env", [])
+            )
+            api = key in ("Deployment/carprice-api", "InferenceService/car-price")
+            assert multiprocess == api, key
 
 
 def test_hpa_and_pdb_target_the_api() -> None:

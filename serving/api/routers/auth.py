@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Response
-from fastapi.security import OAuth2PasswordRequestForm
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.access.principals import Role
+from serving.api.openapi import form_body
 from serving.api.schemas.errors import error_responses
 from serving.api.security import AccessDep, PrincipalDep, limit_login
+from serving.errors import InvalidRequest, invalid_features_from
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
@@ -24,6 +25,32 @@ class TokenResponse(BaseModel):
     """Seconds until the token expires."""
 
 
+class LoginForm(BaseModel):
+    """The OAuth2 password grant's form (RFC 6749 section 4.3.2)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    grant_type: str | None = Field(None, pattern="^password$")
+    username: str
+    password: str
+    scope: str = ""
+    client_id: str | None = None
+    client_secret: str | None = None
+
+
+async def login_form(
+    request: Request, _counted: Annotated[None, Depends(limit_login)]
+) -> LoginForm:
+    """The login form, read and parsed only once the attempt was counted against the login
+    rate limit (a form parameter would be read by FastAPI before any dependency runs)."""
+    form = await request.form(max_files=0, max_fields=len(LoginForm.model_fields))
+    try:
+        return LoginForm.model_validate(dict(form))
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False)
+        raise invalid_features_from(errors, ("body",), InvalidRequest) from None
+
+
 class Me(BaseModel):
     """The authenticated caller."""
 
@@ -35,11 +62,11 @@ class Me(BaseModel):
 @router.post(
     "/token",
     response_model=TokenResponse,
-    dependencies=[Depends(limit_login)],
     responses=error_responses(400, 401, 413, 415, 422, 429, 503),
+    openapi_extra=form_body(LoginForm),
 )
 async def issue_token(
-    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    form: Annotated[LoginForm, Depends(login_form)],
     access: AccessDep,
     response: Response,
 ) -> TokenResponse:

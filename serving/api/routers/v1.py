@@ -4,20 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends
 from pydantic import Field
 
 from serving.access.principals import Role
 from serving.api.deps import (
     FeedbackServiceDep,
-    JsonDocumentDep,
+    JsonBody,
     ModelsDep,
     PredictionServiceDep,
     RequestIdDep,
     json_model,
     require_json,
 )
-from serving.api.endpoints import V1_BATCH, V1_PREDICT, respond
 from serving.api.openapi import json_body
 from serving.api.schemas.errors import BODY, FEEDBACK_RESPONSES, PROTECTED, error_responses
 from serving.api.schemas.v1 import (
@@ -28,6 +27,8 @@ from serving.api.schemas.v1 import (
     ModelList,
     ModelVersionInfo,
     PricePrediction,
+    parse_car,
+    parse_cars,
 )
 from serving.api.security import PredictPrincipal, require_role
 
@@ -50,17 +51,23 @@ ReportsBody = Annotated[_Reports, Depends(json_model(_Reports))]
     responses=_PREDICT_ERRORS,
     dependencies=[Depends(require_json)],
     openapi_extra=json_body(Car),
-    response_model=PricePrediction,
 )
 async def predict(
-    document: JsonDocumentDep,
+    body: JsonBody,
     service: PredictionServiceDep,
     request_id: RequestIdDep,
     principal: PredictPrincipal,
-) -> Response:
+) -> PricePrediction:
     """Predict the price of one car with the production model."""
-    return await respond(
-        V1_PREDICT, service, document, version=None, request_id=request_id, caller=principal.caller
+    result = await service.predict(
+        [parse_car(body)], request_id=request_id, api_version="v1", caller=principal.caller
+    )
+    return PricePrediction(
+        price=result.prices[0],
+        model_name=result.model_name,
+        model_version=result.model_version,
+        cached=result.cached[0],
+        request_id=request_id,
     )
 
 
@@ -69,17 +76,22 @@ async def predict(
     responses=_PREDICT_ERRORS,
     dependencies=[Depends(require_json)],
     openapi_extra=json_body(list[Car], batch=True),
-    response_model=BatchPricePrediction,
 )
 async def predict_batch(
-    document: JsonDocumentDep,
+    body: JsonBody,
     service: PredictionServiceDep,
     request_id: RequestIdDep,
     principal: PredictPrincipal,
-) -> Response:
+) -> BatchPricePrediction:
     """Predict the prices of a list of cars (at most `CARPRICE_BATCH_MAX`) in one call."""
-    return await respond(
-        V1_BATCH, service, document, version=None, request_id=request_id, caller=principal.caller
+    result = await service.predict(
+        parse_cars(body), request_id=request_id, api_version="v1", caller=principal.caller
+    )
+    return BatchPricePrediction(
+        prices=result.prices,
+        model_name=result.model_name,
+        model_version=result.model_version,
+        request_id=request_id,
     )
 
 
@@ -87,7 +99,7 @@ async def predict_batch(
     "/feedback",
     responses=FEEDBACK_RESPONSES | error_responses(415),
     dependencies=[Depends(require_json)],
-    openapi_extra=json_body(_Reports),
+    openapi_extra=json_body(_Reports, batch=True),
 )
 async def feedback(reports: ReportsBody, service: FeedbackServiceDep) -> FeedbackRecorded:
     """Report what priced cars really sold for: one report or a list (at most

@@ -463,6 +463,34 @@ async def test_login_brute_force_hits_the_limit(
         assert response.headers["X-RateLimit-Remaining"] == "0"
 
 
+async def test_the_login_limit_comes_before_the_form_is_read(
+    sqlite_url: str, settings_for: Callable[..., Any]
+) -> None:
+    # A form that cannot be parsed is a 400 while attempts remain, and a 429 once they are
+    # spent: it was never read. (Read as a form parameter, FastAPI parsed it first: a 400.)
+    broken = {"Content-Type": "multipart/form-data; boundary=x"}
+    garbage = b"--x\r\nContent-Disposition: form-data\r\n\r\nno name, no end"
+    async with running(settings_for(sqlite_url, login_rate_limit="2/minute")) as client:
+        first = await client.post("/v1/auth/token", content=garbage, headers=broken)
+        assert first.status_code == 400, first.text
+        assert first.json()["code"] == "bad_request"
+        wrong = await client.post("/v1/auth/token", data={"username": "ann", "password": "bad"})
+        assert wrong.status_code == 401
+        spent = await client.post("/v1/auth/token", content=garbage, headers=broken)
+        assert spent.status_code == 429, spent.text
+        assert spent.json()["code"] == "rate_limited"
+
+
+async def test_a_login_form_missing_a_field_is_a_422_naming_it(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/auth/token", data={"username": "ann"})
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "invalid_request"
+    assert "password" in response.text
+    schema = (await client.get("/openapi.json")).json()["paths"]["/v1/auth/token"]["post"]
+    form = schema["requestBody"]["content"]["application/x-www-form-urlencoded"]["schema"]
+    assert {"username", "password"} <= set(form["required"])
+
+
 async def test_per_principal_limit_is_shared_by_a_users_tokens_and_keys(
     sqlite_url: str, settings_for: Callable[..., Any]
 ) -> None:

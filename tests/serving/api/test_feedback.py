@@ -151,6 +151,9 @@ def test_feedback_is_documented(served: tuple[FastAPI, TestClient]) -> None:
     op = client.get("/openapi.json").json()["paths"]["/v1/feedback"]["post"]
     assert {"200", "404", "409", "422", "503"} <= set(op["responses"])
     assert "first report stays" in op["responses"]["409"]["description"]
+    one_or_many = op["requestBody"]["content"]["application/json"]["schema"]["anyOf"]
+    many = next(s for s in one_or_many if s.get("type") == "array")
+    assert (many["minItems"], many["maxItems"]) == (1, 50)  # the app's batch_max
 
 
 def test_a_log_database_that_never_answers_costs_predictions_nothing(

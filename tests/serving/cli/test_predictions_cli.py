@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 from sqlalchemy import Engine
 from typer.testing import CliRunner
@@ -41,10 +42,7 @@ def log(
             record("b", 0, at=NOW - timedelta(minutes=1), cached=True),
             record("old", 0, at=NOW - timedelta(days=40), model_version="2"),
         ]
-        with engine.begin() as connection:
-            predictions.append(
-                connection, [tuple(r[c] for c in predictions.LOGGED_COLUMNS) for r in records]
-            )
+        predictions.append(engine, pa.Table.from_pylist(records, schema=predictions.LOGGED_SCHEMA))
         yield engine
         engine.dispose()
         get_settings.cache_clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -150,7 +151,9 @@ def test_a_broken_new_version_is_rejected_and_the_previous_keeps_serving(
     run(scenario())
 
 
-def test_a_broken_version_is_retried_after_a_backoff(registry: ServingRegistry) -> None:
+def test_a_broken_version_is_retried_after_a_backoff(
+    registry: ServingRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
     async def scenario() -> None:
         loader = CountingLoader()
         clock = Clock()
@@ -169,8 +172,12 @@ def test_a_broken_version_is_retried_after_a_backoff(registry: ServingRegistry) 
         clock.now += 0.06
         await store.refresh()
         assert loader.calls == ["4", "4", "4"]
+        # Three failures the same way: one line in the log.
+        rejected = [r for r in caplog.records if "car-price/4 was rejected" in r.getMessage()]
+        assert len(rejected) == 1, [r.getMessage() for r in caplog.records]
 
-    run(scenario())
+    with caplog.at_level(logging.INFO, logger="serving"):
+        run(scenario())
 
 
 def test_a_deleted_alias_keeps_the_current_model(registry: ServingRegistry) -> None:

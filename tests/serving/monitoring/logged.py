@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 from sqlalchemy import Engine
 
 from carprice.traffic import cars_frame, parse_spec
@@ -53,10 +54,7 @@ def log_cars(
             integer = BY_NAME[name].kind == "integer"
             record[name] = int(value) if integer and value is not None else value
         records.append(record)
-    with engine.begin() as connection:
-        predictions.append(
-            connection, [tuple(r[c] for c in predictions.LOGGED_COLUMNS) for r in records]
-        )
+    predictions.append(engine, pa.Table.from_pylist(records, schema=predictions.LOGGED_SCHEMA))
     if feedback > 0:
         rng = np.random.default_rng(seed)
         truth = cars["selling_price"].to_numpy()

@@ -127,24 +127,57 @@ def mlflow_server(drift_registry: DriftRegistry, monkeypatch: pytest.MonkeyPatch
         thread.join(10)
 
 
+RECOVERY_DEADLINE = 300.0
+"""Seconds the monitor may take to get a run through after an outage ends: generous, for a
+loaded 2-core machine; the test waits on the outcome, never on a fixed delay."""
+
+
+def run_until_ok(monitor: Monitor, deadline: float = RECOVERY_DEADLINE) -> int:
+    """Run the monitor, a second apart, until a run is ``ok``; how many failed before it.
+
+    Fails the test when no run succeeds within ``deadline`` seconds (the monitor did not
+    recover) or a run is anything but ``ok`` or ``failed``.
+    """
+    failed = 0
+    end = time.monotonic() + deadline
+    while (outcome := monitor.run_once()) != "ok":
+        assert outcome == "failed", outcome
+        failed += 1
+        assert time.monotonic() < end, f"no successful run in {deadline:.0f} s ({failed} failed)"
+        time.sleep(1)
+    return failed
+
+
 @pytest.mark.postgres
 @pytest.mark.integration
 def test_outages_count_failed_runs_keep_the_gauges_and_recover(
-    drift_model: LoadedModel, mlflow_server: str, tmp_path: Path
+    drift_model: LoadedModel,
+    mlflow_server: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # MLflow's HTTP client reads these at each request. A generous timeout (the in-process
+    # server is slow on a loaded machine) costs the outage runs nothing: a stopped proxy
+    # refuses at once. No retries: a refused request is a failed run, not minutes of backoff.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with postgres_database() as pg_url, TcpProxy(pg_url) as db, TcpProxy(mlflow_server) as ml:
         upgrade(pg_url)
         direct = create_db_engine(pg_url)
         log_cars(direct, drift_model, 600, seed=40, feedback=0.3)
-        engine = create_db_engine(db.url)  # the monitor reaches both through the proxies
-        monitor = monitor_on(Registry(ml.url, MODEL, 3), engine, tmp_path, ml.url)
+        # The monitor reaches both through the proxies; statements and connection attempts
+        # bounded generously (a half-open connection must fail the run, not hang it).
+        engine = create_db_engine(db.url, timeout=120)
+        monitor = monitor_on(Registry(ml.url, MODEL, 120), engine, tmp_path, ml.url)
         try:
-            assert monitor.run_once() == "ok"
+            assert run_until_ok(monitor) == 0  # both up: the first run succeeds
             share = gauge("carprice_drift_share", model_version="1")
             mae = gauge("carprice_live_mae", model_version="1")
             stamp = gauge("carprice_monitor_last_run_timestamp_seconds")
             assert share is not None
             assert mae is not None
+            assert stamp is not None
+            rows = 600
 
             for outage in (db, ml):
                 outage.stop()  # refused connections, then nothing listening
@@ -157,10 +190,18 @@ def test_outages_count_failed_runs_keep_the_gauges_and_recover(
                 assert gauge("carprice_live_mae", model_version="1") == mae
                 assert gauge("carprice_monitor_last_run_timestamp_seconds") == stamp
                 outage.start()
+                rows += 50
                 log_cars(direct, drift_model, 50, seed=41 + len(outage.url))
-                assert monitor.run_once() == "ok"  # recovered by itself
-                stamp = gauge("carprice_monitor_last_run_timestamp_seconds")
-            assert len(drift_reports.history(direct, MODEL)) == 3
+                failed = runs("failed")
+                retries = run_until_ok(monitor)  # recovered by itself, no restart
+                assert runs("failed") == failed + retries
+                newest = drift_reports.latest(direct, MODEL)
+                assert newest is not None
+                assert newest.summary["current_rows"] == rows  # this run's report, stored
+                now = gauge("carprice_monitor_last_run_timestamp_seconds")
+                assert now is not None
+                assert now > stamp
+                stamp = now
         finally:
             engine.dispose()
             direct.dispose()

@@ -11,12 +11,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from serving.inference.features import make_row
+from serving.inference.features import FEATURE_NAMES, Row, make_row
 from serving.monitoring.prediction_log import PredictionLog
 from serving.store import predictions
-from serving.store.database import create_db_engine, upgrade
+from serving.store.database import create_db_engine, upgrade, upgrade_engine
 from serving.store.predictions import Window
 from tests.serving.services import postgres_database
 
@@ -35,14 +36,16 @@ CAR = make_row(
 )
 
 
-def record(log: PredictionLog, request_id: str, n: int = 1, api_version: str = "v1") -> bool:
+def record(
+    log: PredictionLog, request_id: str, n: int = 1, api_version: str = "v1", car: Row = CAR
+) -> bool:
     return log.record(
         request_id=request_id,
         api_version=api_version,
         caller="key:7",
         model_name="car-price",
         model_version="3",
-        rows=[CAR] * n,
+        columns=[[car[name]] * n for name in FEATURE_NAMES],
         prices=[1000.0 + i for i in range(n)],
         cached=[i % 2 == 0 for i in range(n)],
     )
@@ -93,6 +96,55 @@ def test_every_car_is_written_with_its_request(url: str) -> None:
     assert batch.row.tolist() == list(range(1000))
     assert set(batch.api_version) == {"v2"}
     assert batch.price.tolist()[999] == 1999.0
+
+
+def test_columns_as_arrays_nan_is_missing_and_a_refused_car_blocks_nothing(url: str) -> None:
+    """Feature columns may be NumPy arrays (NaN = missing); text PostgreSQL cannot hold (NUL) is
+    logged with U+FFFD; a batch the database refuses is dropped and counted, never retried."""
+    engine = create_db_engine(url, timeout=5)
+    upgrade_engine(engine)
+    log = PredictionLog(engine, queue_max=10_000, batch_rows=500, flush_interval=0.05)
+    log.start()
+    try:
+        columns: list[object] = [[CAR[name]] * 2 for name in FEATURE_NAMES]
+        columns[FEATURE_NAMES.index("torque_nm")] = np.array([150.0, np.nan])
+        columns[FEATURE_NAMES.index("year")] = np.array([2018.0, 2019.0])
+        assert log.record(
+            request_id="arrays",
+            api_version="v2",
+            caller="ann",
+            model_name="car-price",
+            model_version="3",
+            columns=columns,
+            prices=np.array([1.5, 2.5]),
+            cached=[False, True],
+        )
+        assert record(log, "nul", car=CAR | {"brand": "Toy\x00ota"})
+        wait_for(lambda: log.written == 3)
+        # A value out of its column's range: refused, dropped, counted; the log goes on.
+        assert record(log, "huge", car=CAR | {"km_driven": 1e12})
+        wait_for(lambda: log.written + log.dropped == 4)
+        assert record(log, "after")
+        assert log.close(timeout=30)
+        df = predictions.window(engine, Window())
+    finally:
+        engine.dispose()
+    arrays = df[df.request_id == "arrays"]
+    assert arrays.torque_nm.tolist()[0] == 150.0
+    assert np.isnan(arrays.torque_nm.tolist()[1])
+    assert arrays.year.tolist() == [2018, 2019]
+    assert arrays.price.tolist() == [1.5, 2.5]
+    assert arrays.cached.tolist() == [False, True]
+    assert set(df.request_id) >= {"arrays", "nul", "after"}
+    brand = df[df.request_id == "nul"].brand.iloc[0]
+    assert brand in ("Toy\x00ota", "Toy\ufffdota")  # SQLite keeps NUL; PostgreSQL cannot
+    if url.startswith("postgresql"):
+        assert (log.dropped, log.write_errors) == (1, 1)
+        assert "huge" not in set(df.request_id)
+
+
+def test_the_logged_schema_is_the_logged_columns() -> None:
+    assert tuple(predictions.LOGGED_SCHEMA.names) == predictions.LOGGED_COLUMNS
 
 
 def pd_na() -> object:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from sqlalchemy import Engine
 
@@ -70,10 +71,7 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
 
 
 def fill(engine: Engine, records: list[dict[str, Any]]) -> None:
-    with engine.begin() as connection:
-        predictions.append(
-            connection, [tuple(r[c] for c in predictions.LOGGED_COLUMNS) for r in records]
-        )
+    predictions.append(engine, pa.Table.from_pylist(records, schema=predictions.LOGGED_SCHEMA))
 
 
 def test_window_columns_types_and_order(engine: Engine) -> None:
@@ -108,6 +106,37 @@ def test_window_last_range_and_version(engine: Engine) -> None:
     assert predictions.window(engine, ranged).request_id.tolist() == ["r1", "r2", "r3"]
     chunks = list(predictions.window_chunks(engine, Window(), chunk_rows=4))
     assert [len(c) for c in chunks] == [4, 2]
+
+
+def test_drift_window_plain_arrays_of_the_same_cars(engine: Engine) -> None:
+    fill(
+        engine,
+        [
+            record(f"r{i}", at=T0 + timedelta(minutes=i), model_version="1" if i < 4 else "2")
+            for i in range(6)
+        ]
+        + [
+            record(
+                "s", 1, at=T0 + timedelta(hours=1), body_type="SUV", year=None, model_version="2"
+            )
+        ],
+    )
+    df = predictions.drift_window(engine, Window(last=3, model_version="1"))
+    assert tuple(df.columns) == predictions.DRIFT_COLUMNS
+    assert df.logged_at.tolist() == [T0 + timedelta(minutes=i) for i in (1, 2, 3)]
+    assert str(df.logged_at.dt.tz) == "UTC"
+    assert df.year.dtype == "float64"
+    assert df.year.tolist() == [2019.0] * 3
+    assert df.engine_cc.isna().all()
+    assert df.brand.dtype == object
+    assert df.body_type.isna().all()
+    assert df.body_type.tolist()[0] is not None  # NaN for a missing category, not None
+    assert math.isnan(df.actual_price.iloc[0])
+    assert df.price.tolist() == [12345.5] * 3
+    newest = predictions.drift_window(engine, Window(last=1))
+    assert newest.year.isna().all()
+    assert newest.body_type.tolist() == ["SUV"]
+    assert len(predictions.drift_window(engine, Window(model_version="3"))) == 0
 
 
 def test_window_rejects_mixed_or_naive_bounds() -> None:
