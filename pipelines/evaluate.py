@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from threadpoolctl import threadpool_limits
 
 from pipelines.atomic import atomic_path, write_text
 from pipelines.contract import CATEGORICAL, FEATURES, NUMERICAL
 from pipelines.params import load_environment, load_params
 from pipelines.preprocess import PROCESSED
 from pipelines.progress import Progress
+from pipelines.threads import limit_openmp
 from pipelines.train import RUN_INFO, split_xy
 
 REPORTS = Path("reports")
@@ -167,9 +167,6 @@ def main() -> int:
     from pipelines.promotion import register_and_gate
 
     progress = Progress("evaluate")
-    # Predictions here are a few passes over the trees: OpenMP's per-tree parallel regions cost
-    # more than they save, and on a busy machine each one waits for a descheduled thread.
-    threadpool_limits(limits=1, user_api="openmp")
     params = load_params()
     environment = load_environment()
     trained = json.loads(RUN_INFO.read_text(encoding="utf-8"))
@@ -188,6 +185,7 @@ def main() -> int:
         test = pd.read_parquet(PROCESSED / "test.parquet")
         x, y_series = split_xy(test)
         y = y_series.to_numpy(dtype=float)
+        limit_openmp(len(x))  # for every prediction below, the gate's included
         predicted = np.asarray(model.predict(x), dtype=float)
         metrics = regression_metrics(y, predicted)
         metrics["baseline_linear_mae"] = linear_baseline_mae(train, x, y)

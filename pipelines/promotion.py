@@ -5,7 +5,10 @@ holdout beats the production model's MAE on the same rows by ``min_improvement``
 On a plain ``dvc repro`` a candidate that passes becomes ``production``; one that does not gets
 ``challenger``. During a DVC experiment (``dvc exp run``) the verdict is recorded the same way
 but the candidate only ever gets ``challenger``: exploring never changes what is served.
-The decision and both scores are tags on the new version. A failed gate is an outcome, not an
+The decision and both scores are tags on the new version, with a fingerprint of the holdout
+rows: when production was registered on the very rows the candidate is scored on (a DVC
+experiment that changes only train params), its recorded MAE is that score and the gate uses
+it instead of loading and re-scoring the production model. A failed gate is an outcome, not an
 error.
 
 ``production`` moves only through :func:`move_production` (the gate, ``carprice models
@@ -15,6 +18,7 @@ promote``) and :func:`rollback`; each move is appended to the registered model's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -29,6 +33,8 @@ PRODUCTION = "production"
 CHALLENGER = "challenger"
 HISTORY_TAG = "production_history"
 """Registered-model tag: JSON list of the versions that were production, oldest first."""
+HOLDOUT_TAG = "holdout_sha256"
+"""Version tag: fingerprint of the holdout rows its ``holdout_mae`` tag was measured on."""
 
 
 class PromotionError(Exception):
@@ -86,6 +92,15 @@ def decide(
     )
 
 
+def holdout_fingerprint(x: pd.DataFrame, y: pd.Series) -> str:
+    """sha256 of the holdout's column names and values: equal rows, equal fingerprint."""
+    digest = hashlib.sha256(json.dumps([*map(str, x.columns), str(y.name)]).encode())
+    rows = pd.util.hash_pandas_object(x, index=False).to_numpy()
+    digest.update(rows.tobytes())
+    digest.update(pd.util.hash_pandas_object(y, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
 def holdout_mae(model_uri: str, x: pd.DataFrame, y: pd.Series) -> float:
     """MAE of the model at ``model_uri`` on ``x``/``y``."""
     import mlflow
@@ -106,12 +121,20 @@ def current_production(client: Any, name: str) -> str | None:
 
 
 def _production_mae(
-    client: Any, name: str, x: pd.DataFrame, y: pd.Series
+    client: Any, name: str, x: pd.DataFrame, y: pd.Series, holdout: str
 ) -> tuple[str | None, float | None]:
-    """Version and holdout MAE of the current production model, (None, None) if there is none."""
+    """Version and holdout MAE of the current production model, (None, None) if there is none.
+
+    The MAE recorded at its registration is used when it was measured on the same rows
+    (``holdout`` is :func:`holdout_fingerprint` of ``x``/``y``); otherwise the model is scored.
+    """
     version = current_production(client, name)
     if version is None:
         return None, None
+    tags = client.get_model_version(name, version).tags or {}
+    recorded = _tag_float(tags, "holdout_mae")
+    if recorded is not None and tags.get(HOLDOUT_TAG) == holdout:
+        return version, recorded
     try:
         return version, holdout_mae(f"models:/{name}/{version}", x, y)
     except Exception as exc:  # a production model we cannot even score must not block a fix
@@ -184,16 +207,19 @@ def register_and_gate(
 ) -> Decision:
     """Register ``model_uri`` as a new version of ``name`` and apply the gate.
 
-    The production model is scored on ``x``/``y`` (the candidate's holdout) before the new
-    version is registered, so both scores come from the same rows. With ``experiment`` (the
-    DVC experiment's name) the candidate gets ``challenger`` whatever the verdict.
+    ``candidate_metrics`` are the candidate's scores on ``x``/``y``. The production model's MAE
+    on the same rows is its recorded one when it was registered on them, else it is scored
+    before the new version is registered, so both scores come from the same rows. With
+    ``experiment`` (the DVC experiment's name) the candidate gets ``challenger`` whatever the
+    verdict.
     """
     import mlflow
     from mlflow import MlflowClient
 
     client = MlflowClient()
     candidate_mae = candidate_metrics["mae"]
-    prod_version, prod_mae = _production_mae(client, name, x, y)
+    holdout = holdout_fingerprint(x, y)
+    prod_version, prod_mae = _production_mae(client, name, x, y, holdout)
     version_tags = {"run_id": run_id, **(tags or {})}
     if experiment:
         version_tags |= {"dvc_exp_name": experiment, "dvc_exp_baseline_rev": baseline_rev or ""}
@@ -220,6 +246,7 @@ def register_and_gate(
     )
     for key, value in (
         *((f"holdout_{k}", f"{candidate_metrics[k]:.4f}") for k in ("mae", "rmse", "r2")),
+        (HOLDOUT_TAG, holdout),
         ("production_mae_at_gate", "" if prod_mae is None else f"{prod_mae:.4f}"),
         ("production_version_at_gate", prod_version or ""),
         ("gate_passed", str(passed).lower()),

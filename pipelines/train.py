@@ -38,6 +38,7 @@ from pipelines.contract import CATEGORICAL, FEATURES, NUMERICAL, TARGET, DataCon
 from pipelines.params import Params, TrainParams, load_environment, load_params
 from pipelines.preprocess import PROCESSED
 from pipelines.progress import Progress
+from pipelines.threads import limit_openmp
 from pipelines.validate import contract_from
 
 RUN_INFO = Path("models/train.json")
@@ -115,7 +116,8 @@ def cross_validated_metrics(
     y_values = y.to_numpy(dtype=np.float64)
     for i, (fit_idx, test_idx) in enumerate(folds.split(x), start=1):
         started = time.perf_counter()
-        fitted = clone(model).fit(x.iloc[fit_idx], y.iloc[fit_idx])
+        with limit_openmp(len(fit_idx)):
+            fitted = clone(model).fit(x.iloc[fit_idx], y.iloc[fit_idx])
         fold = _fold_scores(y_values[test_idx], np.asarray(fitted.predict(x.iloc[test_idx])))
         for name, value in fold.items():
             scores[name].append(value)
@@ -144,7 +146,8 @@ def fit(params: TrainParams, contract: DataContract, x: pd.DataFrame, y: pd.Seri
     Returns:
         The fitted Pipeline.
     """
-    return build_model(params, contract).fit(x, y)
+    with limit_openmp(len(x)):
+        return build_model(params, contract).fit(x, y)
 
 
 def fingerprint(model: Any) -> str:

@@ -29,6 +29,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 1_500
+# A stage takes seconds here; this only stops a hung command, with room for a saturated machine.
+TIMEOUT = 1_800
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Repo:
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            list(args), cwd=self.path, env=self.env, capture_output=True, text=True, timeout=600
+            list(args), cwd=self.path, env=self.env, capture_output=True, text=True, timeout=TIMEOUT
         )
         if check and proc.returncode != 0:
             raise AssertionError(

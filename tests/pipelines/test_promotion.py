@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 import pytest
 
@@ -11,6 +13,7 @@ from pipelines.params import Params, TrainParams
 from pipelines.promotion import (
     CHALLENGER,
     PRODUCTION,
+    Decision,
     PromotionError,
     decide,
     history,
@@ -84,6 +87,42 @@ def test_gate_promotes_first_then_keeps_production_for_a_worse_model(
     assert tags["gate_decision"] == "challenger"
     assert float(tags["production_mae_at_gate"]) == pytest.approx(good_mae, rel=1e-4)
     assert tags["run_id"] == worse["run_id"]
+
+
+def test_production_is_scored_again_only_on_other_holdout_rows(
+    registry: str, listings: pd.DataFrame, contract: DataContract
+) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines.promotion import HOLDOUT_TAG, holdout_fingerprint
+
+    xt, yt = split_xy(listings.iloc[2_400:])
+    runs = {n: _candidate(listings, contract, max_iter=n) for n in (150, 3)}
+    (good, good_mae), (worse, worse_mae) = runs[150], runs[3]
+
+    def gate(x: pd.DataFrame, y: pd.Series) -> Decision:
+        return register_and_gate(
+            worse["model_uri"], worse["run_id"], "car-price", _metrics(worse_mae), x, y, 0.01
+        )
+
+    register_and_gate(
+        good["model_uri"], good["run_id"], "car-price", _metrics(good_mae), xt, yt, 0.01
+    )
+    same = gate(xt, yt)  # same rows: the MAE recorded at registration (4 decimals), no new score
+    assert same.production_mae == float(f"{good_mae:.4f}") != good_mae
+    x_other, y_other = xt.iloc[:300], yt.iloc[:300]  # other rows: production is scored on them
+    assert holdout_fingerprint(x_other, y_other) != holdout_fingerprint(xt, yt)
+    other = gate(x_other, y_other)
+    served = mlflow_predict(good["model_uri"], x_other)
+    assert other.production_mae == pytest.approx(float(abs(served - y_other.to_numpy()).mean()))
+    tags = MlflowClient().get_model_version("car-price", other.candidate_version).tags
+    assert tags[HOLDOUT_TAG] == holdout_fingerprint(x_other, y_other)
+
+
+def mlflow_predict(model_uri: str, x: pd.DataFrame) -> Any:
+    import mlflow
+
+    return mlflow.pyfunc.load_model(model_uri).predict(x)
 
 
 def test_an_experiment_that_passes_the_gate_stays_a_challenger(
