@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     (``carprice_prediction_log_dropped_total``), never waited for."""
     prediction_log_batch_rows: int = Field(5_000, ge=1)
     """Most cars the writer inserts in one statement."""
-    prediction_log_flush_interval: float = Field(0.2, gt=0)
+    prediction_log_flush_interval: float = Field(0.5, gt=0)
     """Seconds the writer waits to gather a batch before writing what it has."""
     prediction_log_timeout: float = Field(5.0, gt=0)
     """Seconds a connection attempt or statement of the writer may take (an unreachable
