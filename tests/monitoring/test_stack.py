@@ -162,9 +162,12 @@ def test_dashboard_queries_evaluate_against_the_running_stack(
         assert "feedback:" in traffic.stdout
 
         def stored() -> bool:
-            return httpx.get(f"{api_url}/v1/monitoring/drift", headers=admin).status_code == 200
+            # The monitor also ran while the traffic was still coming: wait for a report made
+            # after the traffic, which is one whose window holds the feedback too.
+            answer = httpx.get(f"{api_url}/v1/monitoring/drift", headers=admin)
+            return answer.status_code == 200 and answer.json()["regression"] is not None
 
-        wait_for("a stored drift report", stored, 300, procs)
+        wait_for("a stored drift report with the traffic's feedback", stored, 300, procs)
         summary = httpx.get(f"{api_url}/v1/monitoring/drift", headers=admin).json()
         assert summary["current_rows"] >= 200
         assert {"year", "km_driven"} <= set(summary["drifted_features"])
