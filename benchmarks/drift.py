@@ -3,7 +3,9 @@
 Targets (issue 11): under 30 s wall, Python start and Evidently's import included, and under
 1 GB peak RSS. Builds, in a temp folder, a registry with one model (its reference sample of
 5,000 rows, as the pipeline logs it) and a SQLite prediction log of 50,000 cars priced by that
-model (10 % with feedback), then times the real command in a fresh process, several times.
+model (10 % with feedback), then times the real command in a fresh process, several times: the
+first is the version's first report (the model prices the reference sample), the others read the
+priced sample the first kept in the version's MLflow run.
 
     python benchmarks/drift.py [--rows 50000] [--rounds 3]
 """
@@ -116,15 +118,25 @@ def main() -> None:
     best = min(r["wall_s"] for r in rounds)
     median = sorted(r["wall_s"] for r in rounds)[len(rounds) // 2]
     rss = max(r["peak_rss_mb"] for r in rounds)
+    # Round 1 is a version's first report: it loads the model to price the reference sample
+    # and keeps the priced sample in the version's run; later rounds read that file instead.
+    cold = rounds[0]
     report = {
         "rows": args.rows,
         "reference_rows": summary["reference_rows"],
         "rounds": rounds,
+        "cold_wall_s": cold["wall_s"],
+        "cold_cpu_s": cold["cpu_s"],
+        "warm_cpu_s": [r["cpu_s"] for r in rounds[1:]],
         "wall_s_median": median,
         "wall_s_best": best,
         "peak_rss_mb": rss,
         "load_average": os.getloadavg(),
-        "targets": {"wall_under_30s": median < 30, "rss_under_1gb": rss < 1024},
+        "targets": {
+            "wall_under_30s": median < 30,
+            "cold_wall_under_30s": cold["wall_s"] < 30,
+            "rss_under_1gb": rss < 1024,
+        },
     }
     results = ROOT / "benchmarks" / "results"
     results.mkdir(exist_ok=True)
