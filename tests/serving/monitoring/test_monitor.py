@@ -113,10 +113,17 @@ def mlflow_server(drift_registry: DriftRegistry, monkeypatch: pytest.MonkeyPatch
     ``mlflow server`` takes minutes to start on a busy machine) on the drift registry's store."""
     from mlflow.server import BACKEND_STORE_URI_ENV_VAR, REGISTRY_STORE_URI_ENV_VAR
     from mlflow.server import app as tracking_app
+    from mlflow.tracking._model_registry import utils as registry_utils
     from werkzeug.serving import make_server
 
     monkeypatch.setenv(BACKEND_STORE_URI_ENV_VAR, drift_registry.uri)
     monkeypatch.setenv(REGISTRY_STORE_URI_ENV_VAR, drift_registry.uri)
+    # The server's first registry request makes its store the process's registry URI (global
+    # and MLFLOW_REGISTRY_URI): undone after the test, or every later fixture would register
+    # its models into this registry.
+    monkeypatch.setattr(registry_utils, "_registry_uri", registry_utils._registry_uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "")  # undone (unset again) after the test
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI")
     server = make_server("127.0.0.1", 0, tracking_app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
