@@ -15,7 +15,7 @@ from typing import Annotated, Any, cast
 from fastapi import Depends, Request
 from pydantic import TypeAdapter, ValidationError
 
-from serving.api.bodies import JsonLimits, read_json
+from serving.api.bodies import JsonDocument, JsonLimits, read_json
 from serving.errors import (
     InvalidRequest,
     ModelNotFound,
@@ -72,11 +72,7 @@ FeedbackServiceDep = Annotated[FeedbackService, Depends(get_feedback_service)]
 
 async def served_model_name(model_name: str, settings: SettingsDep) -> str:
     """The ``{model_name}`` path parameter, when it names the served model (else 404)."""
-    if model_name != settings.model_name:
-        raise ModelNotFound(
-            f"no model named {model_name[:64]!r}: this server serves {settings.model_name!r}"
-        )
-    return model_name
+    return check_model_name(model_name, settings)
 
 
 ServedModelName = Annotated[str, Depends(served_model_name)]
@@ -94,18 +90,45 @@ async def require_json(request: Request) -> None:
         )
 
 
-async def json_body(request: Request) -> bytes:
-    """The body, JSON within the limits of :mod:`serving.api.bodies` (413 / 422).
+async def json_document(request: Request) -> JsonDocument:
+    """The body, JSON within the limits of :mod:`serving.api.bodies` (413 / 422), and what it
+    parses to.
 
     A route's own dependencies run after its router's, so on a protected route the body is
     read only once the caller is authenticated and counted against the rate limit.
     """
     limits: JsonLimits = request.app.state.json_limits
-    return (await read_json(request.receive, limits)).body
+    return await read_json(request.receive, limits)
+
+
+JsonDocumentDep = Annotated[JsonDocument, Depends(json_document)]
+
+
+async def json_body(document: JsonDocumentDep) -> bytes:
+    """The bytes of :func:`json_document`."""
+    return document.body
 
 
 JsonBody = Annotated[bytes, Depends(json_body)]
 """The raw bytes of a JSON body within the limits; the route's schema validates them."""
+
+
+def check_model_name(model_name: str, settings: Settings) -> str:
+    """``model_name`` if it names the served model, else ``ModelNotFound`` (404)."""
+    if model_name != settings.model_name:
+        raise ModelNotFound(
+            f"no model named {model_name[:64]!r}: this server serves {settings.model_name!r}"
+        )
+    return model_name
+
+
+async def path_model_version(request: Request) -> str | None:
+    """The ``{model_version}`` path parameter, None on a path without one (production)."""
+    version: str | None = request.path_params.get("model_version")
+    return version
+
+
+PathModelVersion = Annotated[str | None, Depends(path_model_version)]
 
 
 def json_model(tp: Any) -> Callable[..., Awaitable[Any]]:

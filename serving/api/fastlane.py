@@ -29,13 +29,13 @@ errors included, with the stack's own error mapping.
 from __future__ import annotations
 
 import logging
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fastapi import FastAPI
 from fastapi.security.utils import get_authorization_scheme_param
-from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -43,13 +43,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from serving.access.principals import AccessError, Role
 from serving.access.ratelimit import RateLimited, RateState
 from serving.api.bodies import JsonLimits, read_json
+from serving.api.deps import check_model_name
+from serving.api.endpoints import V1_BATCH, V1_PREDICT, V2_INFER, Endpoint, run
 from serving.api.errors import error_response, serving_error_response
 from serving.api.middleware import REQUEST_ID_HEADER, log_access
-from serving.api.schemas.v1 import BatchPricePrediction, PricePrediction, parse_car, parse_cars
 from serving.api.security import AccessControl, admit, check_role, handle_access_error
 from serving.errors import ServingError
-from serving.inference.features import Row
-from serving.inference.prediction import Prediction, PredictionService
+from serving.inference.prediction import PredictionService
 from serving.monitoring import request_context
 from serving.monitoring.metrics import FAST_LANE, observe_http
 
@@ -59,42 +59,38 @@ _SERVED = FAST_LANE.labels("served")
 _HANDED_OVER = FAST_LANE.labels("handed_over")
 _JSON = (b"application/json", b"")  # an absent Content-Type is taken as JSON, as the stack does
 _ONCE = frozenset((b"content-type", b"content-length", b"x-api-key", b"authorization"))
-
-
-def _one(body: bytes) -> list[Row]:
-    return [parse_car(body)]
-
-
-def _priced_one(result: Prediction, request_id: str) -> BaseModel:
-    return PricePrediction(
-        price=result.prices[0],
-        model_name=result.model_name,
-        model_version=result.model_version,
-        cached=result.cached[0],
-        request_id=request_id,
-    )
-
-
-def _priced_many(result: Prediction, request_id: str) -> BaseModel:
-    return BatchPricePrediction(
-        prices=result.prices,
-        model_name=result.model_name,
-        model_version=result.model_version,
-        request_id=request_id,
-    )
+# The binary tensor extension: the stack refuses it (400) after the role check.
+_NOT_TAKEN = (
+    b"origin",
+    b"transfer-encoding",
+    b"content-encoding",
+    b"inference-header-content-length",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class _Route:
-    parse: Callable[[bytes], list[Row]]
-    answer: Callable[[Prediction, str], BaseModel]
+    endpoint: Endpoint
+    model_name: str | None = None  # of a /v2 path, checked against the served model
+    model_version: str | None = None  # of a /v2/.../versions/{v} path
 
 
-ROUTES: dict[str, _Route] = {
-    "/v1/predict": _Route(_one, _priced_one),
-    "/v1/predict/batch": _Route(parse_cars, _priced_many),
+_V1: dict[str, _Route] = {
+    "/v1/predict": _Route(V1_PREDICT),
+    "/v1/predict/batch": _Route(V1_BATCH),
 }
-"""The paths the lane serves (each is also a FastAPI route, which documents it)."""
+# Starlette's {param} matches [^/]+ of the decoded path, as here.
+_V2_INFER = re.compile(r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+
+
+def route_of(path: str) -> _Route | None:
+    """The prediction endpoint of ``path`` (each is also a FastAPI route, which documents it)."""
+    route = _V1.get(path)
+    if route is None and path.startswith("/v2/models/"):
+        match = _V2_INFER.fullmatch(path)
+        if match is not None:
+            route = _Route(V2_INFER, match["name"], match["version"])
+    return route
 
 
 @dataclass(slots=True)
@@ -127,7 +123,7 @@ def _scan(raw: Sequence[tuple[bytes, bytes]]) -> _Headers:
             out.authorization = value.decode("latin-1")
         elif name == b"x-request-id":
             out.request_id = out.request_id or value.decode("latin-1")
-        elif name in (b"origin", b"transfer-encoding", b"content-encoding"):
+        elif name in _NOT_TAKEN:
             out.takeable = False
     return out
 
@@ -154,7 +150,7 @@ class FastLane:
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = ROUTES.get(scope["path"]) if scope["type"] == "http" else None
+        route = route_of(scope["path"]) if scope["type"] == "http" else None
         if (
             route is None
             or not self.enabled
@@ -227,15 +223,19 @@ class FastLane:
             if not rate.allowed:
                 raise RateLimited(rate)
             check_role(principal, Role.PREDICT)
-            body = (await read_json(receive, limits)).body
-            result = await service.predict(
-                route.parse(body),
+            if route.model_name is not None:
+                check_model_name(route.model_name, self.fastapi_app.state.settings)
+            document = await read_json(receive, limits)
+            answer = await run(
+                route.endpoint,
+                service,
+                document.body,
+                document.value,
+                version=route.model_version,
                 request_id=ctx.request_id,
-                api_version="v1",
                 caller=principal.caller,
             )
-            answer = route.answer(result, ctx.request_id)
-            response = _json(answer.__pydantic_serializer__.to_json(answer))
+            response = Response(answer, media_type="application/json")
         except AccessError as exc:
             response = await handle_access_error(Request(scope), exc)
         except ServingError as exc:
@@ -248,10 +248,6 @@ class FastLane:
                 if name not in response.headers:
                     response.headers.append(name, value)
         return response
-
-
-def _json(body: bytes) -> Response:
-    return Response(body, media_type="application/json")
 
 
 async def _send(send: Send, response: Response, request_id: str) -> int:

@@ -16,16 +16,15 @@ Models without a fast path (pandas, the estimator's own ``predict``) run in a wo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 import anyio.to_thread
 import numpy as np
 
-from serving.inference.features import Row
+from serving.inference.cars import Cars
 from serving.inference.model import LoadedModel
 from serving.monitoring.metrics import MICROBATCH_ROWS
 
-_Waiter = tuple[Sequence[Row], "asyncio.Future[np.ndarray]"]
+_Waiter = tuple[Cars, "asyncio.Future[np.ndarray]"]
 
 
 class MicroBatcher:
@@ -37,12 +36,12 @@ class MicroBatcher:
         self._pending: dict[LoadedModel, list[_Waiter]] = {}
         self._sizes: dict[LoadedModel, int] = {}
 
-    async def predict(self, model: LoadedModel, rows: Sequence[Row]) -> np.ndarray:
-        """Prices for ``rows`` from ``model``, possibly computed together with other calls."""
+    async def predict(self, model: LoadedModel, cars: Cars) -> np.ndarray:
+        """Prices for ``cars`` from ``model``, possibly computed together with other calls."""
         if not model.fast:
-            return await anyio.to_thread.run_sync(model.predict, rows)
-        if len(rows) >= self.max_rows:
-            return model.predict(rows)
+            return await anyio.to_thread.run_sync(model.predict, cars)
+        if cars.n >= self.max_rows:
+            return model.predict(cars)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         waiters = self._pending.get(model)
@@ -53,8 +52,8 @@ class MicroBatcher:
                 loop.call_later(self.wait_s, self._flush, model)
             else:
                 loop.call_soon(self._flush, model)
-        waiters.append((rows, future))
-        self._sizes[model] += len(rows)
+        waiters.append((cars, future))
+        self._sizes[model] += cars.n
         if self._sizes[model] >= self.max_rows:
             self._flush(model)
         return await future
@@ -64,10 +63,10 @@ class MicroBatcher:
         self._sizes.pop(model, None)
         if not waiters:
             return  # already flushed because it filled up
-        rows = [row for batch, _ in waiters for row in batch]
-        MICROBATCH_ROWS.observe(len(rows))
+        cars = Cars.concat([batch for batch, _ in waiters])
+        MICROBATCH_ROWS.observe(cars.n)
         try:
-            prices = model.predict(rows)
+            prices = model.predict(cars)
         except Exception as exc:  # every caller gets the failure, none hangs
             for _, future in waiters:
                 if not future.done():
@@ -76,5 +75,5 @@ class MicroBatcher:
         start = 0
         for batch, future in waiters:
             if not future.done():  # a cancelled request
-                future.set_result(prices[start : start + len(batch)])
-            start += len(batch)
+                future.set_result(prices[start : start + batch.n])
+            start += batch.n

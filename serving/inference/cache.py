@@ -35,6 +35,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from serving.inference.cars import Cars
 from serving.inference.features import Row, row_values, values_digest
 from serving.monitoring.metrics import CACHE_EVENTS
 from serving.settings import Settings
@@ -42,6 +43,11 @@ from serving.settings import Settings
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+def local_keys(model_name: str, model_version: str, cars: Cars) -> list[Any]:
+    """The in-process keys of ``cars``: (name, version, the car's values in feature order)."""
+    return [(model_name, model_version, values) for values in cars.tuples()]
 
 
 def cache_key(namespace: str, model_name: str, model_version: str, row: Row) -> str:
@@ -60,6 +66,10 @@ class PredictionCache(Protocol):
 
     def key(self, model_name: str, model_version: str, row: Row) -> Any:
         """This cache's key for one car's price under one model version (opaque to callers)."""
+        ...
+
+    def keys(self, model_name: str, model_version: str, cars: Cars) -> list[Any]:
+        """:meth:`key` of each car, computed a column at a time."""
         ...
 
     async def get_many(self, keys: Sequence[Any]) -> list[float | None]:
@@ -94,6 +104,9 @@ class MemoryCache:
 
     def key(self, model_name: str, model_version: str, row: Row) -> Hashable:
         return (model_name, model_version, row_values(row))
+
+    def keys(self, model_name: str, model_version: str, cars: Cars) -> list[Any]:
+        return local_keys(model_name, model_version, cars)
 
     async def get_many(self, keys: Sequence[Hashable]) -> list[float | None]:
         return self.get_now(keys)
@@ -259,6 +272,10 @@ class RedisCache:
     def key(self, model_name: str, model_version: str, row: Row) -> str:
         return cache_key(self.namespace, model_name, model_version, row)
 
+    def keys(self, model_name: str, model_version: str, cars: Cars) -> list[Any]:
+        prefix = f"{self.namespace}{model_name}:{model_version}:"
+        return [prefix + digest for digest in cars.digests()]
+
     async def _call(self, op: str, call: Callable[[], Awaitable[T]]) -> T | None:
         if not self.breaker.allow():
             CACHE_EVENTS.labels("skipped").inc()
@@ -364,15 +381,30 @@ class TieredCache:
     def key(self, model_name: str, model_version: str, row: Row) -> Hashable:
         return (model_name, model_version, row_values(row))
 
+    def keys(self, model_name: str, model_version: str, cars: Cars) -> list[Any]:
+        return local_keys(model_name, model_version, cars)
+
     def remote_key(self, key: Any) -> str:
         """The Redis key of an L1 key (the same as :func:`cache_key`)."""
         return _redis_key(self.l2.namespace, *key)
+
+    def remote_keys(self, keys: Sequence[Any]) -> list[str]:
+        """:meth:`remote_key` of each L1 key; the digests a column at a time when the keys are
+        of one model version (those of one request always are)."""
+        if not keys:
+            return []
+        name, version, _ = keys[0]
+        if any(k[0] != name or k[1] != version for k in keys):
+            return [self.remote_key(k) for k in keys]
+        columns = [list(col) for col in zip(*(k[2] for k in keys), strict=True)]
+        prefix = f"{self.l2.namespace}{name}:{version}:"
+        return [prefix + digest for digest in Cars(columns, len(keys)).digests()]
 
     async def get_many(self, keys: Sequence[Hashable]) -> list[float | None]:
         prices = self.l1.get_now(keys)
         misses = [i for i, price in enumerate(prices) if price is None]
         if misses:
-            remote = await self.l2.get_many([self.remote_key(keys[i]) for i in misses])
+            remote = await self.l2.get_many(self.remote_keys([keys[i] for i in misses]))
             found = {}
             for i, price in zip(misses, remote, strict=True):
                 if price is not None:
@@ -384,7 +416,8 @@ class TieredCache:
 
     async def set_many(self, items: Mapping[Hashable, float]) -> None:
         self.l1.set_now(items)
-        await self.l2.set_many({self.remote_key(k): v for k, v in items.items()})
+        remote = self.remote_keys(list(items))
+        await self.l2.set_many(dict(zip(remote, items.values(), strict=True)))
 
     async def drain(self) -> None:
         """Wait for the queued Redis writes."""

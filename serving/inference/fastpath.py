@@ -5,7 +5,7 @@ through pandas, and HistGradientBoosting calls a Cython predictor once per tree,
 opening an OpenMP parallel region. The trees themselves need microseconds. This module reads
 the *fitted* pipeline (the exact object MLflow loaded) once and then
 
-* encodes rows straight from Python values to a float64 matrix (dict look-ups for categories),
+* encodes cars a column at a time into a float64 matrix (dict look-ups for categories),
 * walks all trees of all rows at once with NumPy (one gather per tree level), for small batches,
 * hands large batches to the booster's own Cython predictor on that matrix (no pandas).
 
@@ -17,11 +17,15 @@ another shape, and the caller then uses ``pipeline.predict``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from itertools import repeat
+from typing import Any, cast
 
 import numpy as np
+
+from serving.inference.cars import Cars
+from serving.inference.features import FEATURE_NAMES, Row
 
 # Largest batch walked with NumPy; bigger batches use the booster's Cython predictor, which
 # wins once per-call overhead is amortised (measured by benchmarks/fastpath.py).
@@ -123,32 +127,28 @@ class CompiledPipeline:
     ) -> None:
         self.columns = columns  # input columns in the order the trees see them
         self._codes = codes
+        # Where each input column comes from: its position among the features, its codes.
+        self._sources = [(FEATURE_NAMES.index(name), codes.get(name)) for name in columns]
         self._booster = booster
         self._forest = forest
         self._inverse = inverse
 
-    def encode(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Rows of raw feature values -> the booster's float64 input matrix.
+    def encode(self, rows: Sequence[Row]) -> np.ndarray:
+        """Cars (:class:`~serving.inference.cars.Cars`, or rows) -> the booster's float64 input
+        matrix, a column at a time.
 
-        Missing (None or absent) values and unknown categories become NaN, as the fitted
-        OrdinalEncoder does.
+        Missing (None) values and unknown categories become NaN, as the fitted OrdinalEncoder
+        does.
         """
-        nan = math.nan
-        columns = [(name, self._codes.get(name)) for name in self.columns]
-        # Lists first, one conversion at the end: per-element stores into an ndarray cost
-        # ~5x more for a 1,000-row batch.
-        data = [
-            [
-                nan
-                if (value := row.get(name)) is None
-                else float(value)
-                if codes is None
-                else codes.get(value, nan)
-                for name, codes in columns
-            ]
-            for row in rows
-        ]
-        return np.array(data, dtype=np.float64).reshape(len(rows), len(self.columns))
+        cars = Cars.from_rows(rows)
+        x = np.empty((cars.n, len(self.columns)), dtype=np.float64)
+        for j, (position, codes) in enumerate(self._sources):
+            values = cars.columns[position]
+            if codes is not None:
+                values = list(map(cast(Any, codes.get), values, repeat(math.nan, cars.n)))
+            # None becomes NaN in a float64 conversion.
+            x[:, j] = np.array(values, dtype=np.float64)
+        return x
 
     def _walk(self, x: np.ndarray) -> np.ndarray:
         f = self._forest
@@ -195,8 +195,8 @@ class CompiledPipeline:
         prices: np.ndarray = self._inverse(raw)
         return prices
 
-    def predict(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Predict prices for rows of raw feature values."""
+    def predict(self, rows: Sequence[Row]) -> np.ndarray:
+        """Predict prices for cars (or rows)."""
         return self.predict_matrix(self.encode(rows))
 
 
@@ -295,4 +295,6 @@ def compile_pipeline(pipeline: Any) -> CompiledPipeline | None:
     if inner is None:
         return None
     columns, codes = inner
+    if not set(columns) <= set(FEATURE_NAMES):
+        return None
     return CompiledPipeline(columns, codes, booster, _flatten(booster, len(columns)), inverse)

@@ -28,6 +28,7 @@ import pandas as pd
 from threadpoolctl import ThreadpoolController
 
 from serving.errors import ModelUnservable
+from serving.inference.cars import Cars
 from serving.inference.fastpath import CompiledPipeline, compile_pipeline
 from serving.inference.features import BY_NAME, FEATURE_NAMES, FEATURES, Row, make_row
 from serving.inference.registry import Registry, VersionInfo
@@ -60,7 +61,7 @@ class LoadedModel:
     """The fast path (serving.inference.fastpath), when the pipeline has the shape it knows."""
 
     def predict(self, rows: Sequence[Row]) -> np.ndarray:
-        """Prices (float64, one per row) for validated rows."""
+        """Prices (float64, one per car) for validated cars (:class:`Cars`, or rows)."""
         if self.compiled is not None:
             return self.compiled.predict(rows)
         return self.predict_reference(rows)
@@ -86,15 +87,13 @@ def _openmp() -> ThreadpoolController:
 
 
 def to_frame(rows: Sequence[Row]) -> pd.DataFrame:
-    """Rows as the DataFrame the pipeline was trained on: object categoricals with NaN for
-    missing, float64 numbers, columns in contract order."""
+    """Cars (or rows) as the DataFrame the pipeline was trained on: object categoricals with
+    NaN for missing, float64 numbers, columns in contract order."""
+    cars = Cars.from_rows(rows)
     columns: dict[str, Any] = {}
-    for f in FEATURES:
-        values = [row[f.name] for row in rows]
+    for f, values in zip(FEATURES, cars.columns, strict=True):
         if f.numeric:
-            columns[f.name] = np.array(
-                [np.nan if v is None else v for v in values], dtype=np.float64
-            )
+            columns[f.name] = np.array(values, dtype=np.float64)  # None -> NaN
         else:
             columns[f.name] = np.array([np.nan if v is None else v for v in values], dtype=object)
     return pd.DataFrame(columns, columns=list(FEATURE_NAMES))

@@ -7,16 +7,18 @@ Routers translate HTTP into validated :data:`~serving.inference.features.Row` li
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from serving.errors import InvalidFeatures, LimitExceeded, PredictionFailed
 from serving.inference.batching import MicroBatcher
 from serving.inference.cache import PredictionCache
-from serving.inference.features import Row, row_values
+from serving.inference.cars import Cars
+from serving.inference.features import Row
 from serving.inference.model_store import ModelStore
 from serving.monitoring import request_context
 from serving.monitoring.metrics import CACHE_EVENTS, INFERENCE_SECONDS, PREDICTIONS
@@ -59,8 +61,9 @@ class PredictionService:
         api_version: str,
         caller: str,
     ) -> Prediction:
-        """Price ``rows`` (validated cars) with one model version, for ``caller`` (a user name or
-        ``key:<id>``) in request ``request_id`` of ``api_version`` (``v1``/``v2``).
+        """Price ``rows`` (validated cars: :class:`Cars`, or rows) with one model version, for
+        ``caller`` (a user name or ``key:<id>``) in request ``request_id`` of ``api_version``
+        (``v1``/``v2``).
 
         Cached prices are read for all rows in one call; only the misses go to the model, in one
         vectorised call, and are then written back in one call. The answer is counted and queued
@@ -71,44 +74,50 @@ class PredictionService:
             ModelNotReady, ModelNotFound, ModelUnservable, RegistryUnavailable: from the store.
             PredictionFailed: the model returned something that is not a price.
         """
-        if not rows:
+        cars = Cars.from_rows(rows)
+        if not cars.n:
             raise InvalidFeatures("send at least one car")
-        if len(rows) > self.batch_max:
+        if cars.n > self.batch_max:
             raise LimitExceeded(
-                f"{len(rows)} cars in one request; at most {self.batch_max} are accepted "
+                f"{cars.n} cars in one request; at most {self.batch_max} are accepted "
                 "(CARPRICE_BATCH_MAX)"
             )
         model = await self.models.get(version)
         request_context.note_model_version(model.version)
-        key = self.cache.key
-        keys = [key(model.name, model.version, row) for row in rows]
+        keys = self.cache.keys(model.name, model.version, cars)
         prices = await self.cache.get_many(keys)
         cached = [p is not None for p in prices]
         misses = [i for i, p in enumerate(prices) if p is None]
-        hits = len(rows) - len(misses)
+        hits = cars.n - len(misses)
         if hits:
             CACHE_EVENTS.labels("hit").inc(hits)
         if misses:
             CACHE_EVENTS.labels("miss").inc(len(misses))
-            miss_rows = [rows[i] for i in misses]
             started = time.perf_counter()
-            predicted = await self.batcher.predict(model, miss_rows)
+            predicted = await self.batcher.predict(model, cars.take(misses))
             INFERENCE_SECONDS.observe(time.perf_counter() - started)
-            if predicted.shape != (len(miss_rows),):
+            if predicted.shape != (len(misses),):
                 raise PredictionFailed(
                     f"{model.name}/{model.version} returned {predicted.shape} prices for "
-                    f"{len(miss_rows)} cars"
+                    f"{len(misses)} cars"
                 )
-            fresh: dict[Any, float] = {}
-            for i, value in zip(misses, predicted.tolist(), strict=True):
-                if not math.isfinite(value) or value <= 0:
-                    raise PredictionFailed(
-                        f"{model.name}/{model.version} returned no usable price for car {i}"
-                    )
-                prices[i] = value
-                fresh[keys[i]] = value
-            await self.cache.set_many(fresh)
-        priced = [p for p in prices if p is not None]  # every row has a price by now
+            unusable = ~(np.isfinite(predicted) & (predicted > 0))
+            if unusable.any():
+                first = misses[int(np.argmax(unusable))]
+                raise PredictionFailed(
+                    f"{model.name}/{model.version} returned no usable price for car {first}"
+                )
+            values = predicted.tolist()
+            if hits:
+                for i, value in zip(misses, values, strict=True):
+                    prices[i] = value
+                await self.cache.set_many(
+                    {keys[i]: value for i, value in zip(misses, values, strict=True)}
+                )
+            else:
+                prices = values
+                await self.cache.set_many(dict(zip(keys, values, strict=True)))
+        priced: list[float] = prices  # type: ignore[assignment]  # every car has a price now
         if hits:
             _predictions(api_version, model.version, True).inc(hits)
         if misses:
@@ -120,7 +129,7 @@ class PredictionService:
                 caller=caller,
                 model_name=model.name,
                 model_version=model.version,
-                columns=tuple(zip(*map(row_values, rows), strict=True)),
+                columns=cars.columns,
                 prices=priced,
                 cached=cached,
             )

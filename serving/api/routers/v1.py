@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from pydantic import Field
 
 from serving.access.principals import Role
 from serving.api.deps import (
     FeedbackServiceDep,
-    JsonBody,
+    JsonDocumentDep,
     ModelsDep,
     PredictionServiceDep,
     RequestIdDep,
     json_model,
     require_json,
 )
+from serving.api.endpoints import V1_BATCH, V1_PREDICT, respond
 from serving.api.openapi import json_body
 from serving.api.schemas.errors import BODY, FEEDBACK_RESPONSES, PROTECTED, error_responses
 from serving.api.schemas.v1 import (
@@ -27,8 +28,6 @@ from serving.api.schemas.v1 import (
     ModelList,
     ModelVersionInfo,
     PricePrediction,
-    parse_car,
-    parse_cars,
 )
 from serving.api.security import PredictPrincipal, require_role
 
@@ -51,23 +50,17 @@ ReportsBody = Annotated[_Reports, Depends(json_model(_Reports))]
     responses=_PREDICT_ERRORS,
     dependencies=[Depends(require_json)],
     openapi_extra=json_body(Car),
+    response_model=PricePrediction,
 )
 async def predict(
-    body: JsonBody,
+    document: JsonDocumentDep,
     service: PredictionServiceDep,
     request_id: RequestIdDep,
     principal: PredictPrincipal,
-) -> PricePrediction:
+) -> Response:
     """Predict the price of one car with the production model."""
-    result = await service.predict(
-        [parse_car(body)], request_id=request_id, api_version="v1", caller=principal.caller
-    )
-    return PricePrediction(
-        price=result.prices[0],
-        model_name=result.model_name,
-        model_version=result.model_version,
-        cached=result.cached[0],
-        request_id=request_id,
+    return await respond(
+        V1_PREDICT, service, document, version=None, request_id=request_id, caller=principal.caller
     )
 
 
@@ -76,22 +69,17 @@ async def predict(
     responses=_PREDICT_ERRORS,
     dependencies=[Depends(require_json)],
     openapi_extra=json_body(list[Car], batch=True),
+    response_model=BatchPricePrediction,
 )
 async def predict_batch(
-    body: JsonBody,
+    document: JsonDocumentDep,
     service: PredictionServiceDep,
     request_id: RequestIdDep,
     principal: PredictPrincipal,
-) -> BatchPricePrediction:
+) -> Response:
     """Predict the prices of a list of cars (at most `CARPRICE_BATCH_MAX`) in one call."""
-    result = await service.predict(
-        parse_cars(body), request_id=request_id, api_version="v1", caller=principal.caller
-    )
-    return BatchPricePrediction(
-        prices=result.prices,
-        model_name=result.model_name,
-        model_version=result.model_version,
-        request_id=request_id,
+    return await respond(
+        V1_BATCH, service, document, version=None, request_id=request_id, caller=principal.caller
     )
 
 

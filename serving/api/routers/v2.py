@@ -10,16 +10,18 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, Response
 
-from serving.access.principals import Principal, Role
+from serving.access.principals import Role
 from serving.api.deps import (
-    JsonBody,
+    JsonDocumentDep,
     ModelsDep,
+    PathModelVersion,
     PredictionServiceDep,
     RequestIdDep,
     ServedModelName,
 )
+from serving.api.endpoints import V2_INFER, respond
 from serving.api.openapi import json_body
 from serving.api.schemas import v2
 from serving.api.schemas.errors import BODY, PROTECTED, error_responses
@@ -37,6 +39,14 @@ BinaryHeader = Annotated[
     str | None, Header(alias="Inference-Header-Content-Length", include_in_schema=False)
 ]
 _INFER_BODY: dict[str, Any] = json_body(v2.InferenceRequest)
+# The one infer route serves two paths; the versioned one's parameter is declared here (the
+# route reads it with PathModelVersion, as the other path has none).
+_VERSION_PARAMETER: dict[str, Any] = {
+    "name": "model_version",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "title": "Model Version"},
+}
 
 
 async def refuse_binary_data(binary_header: BinaryHeader = None) -> None:
@@ -125,50 +135,32 @@ async def version_ready(
     dependencies=_INFER,
     responses=_INFER_ERRORS,
     openapi_extra=_INFER_BODY,
+    response_model=v2.InferenceResponse,
     response_model_exclude_none=True,
 )
-async def infer(
-    name: ServedModelName,
-    body: JsonBody,
-    service: PredictionServiceDep,
-    request_id: RequestIdDep,
-    principal: PredictPrincipal,
-) -> v2.InferenceResponse:
-    """Price the cars in the request with the production model."""
-    return await _infer(body, service, request_id, principal, None)
-
-
 @router.post(
     "/models/{model_name}/versions/{model_version}/infer",
     dependencies=_INFER,
     responses=_INFER_ERRORS,
-    openapi_extra=_INFER_BODY,
+    openapi_extra=_INFER_BODY | {"parameters": [_VERSION_PARAMETER]},
+    response_model=v2.InferenceResponse,
     response_model_exclude_none=True,
 )
-async def infer_version(
+async def infer(
     name: ServedModelName,
-    model_version: str,
-    body: JsonBody,
+    model_version: PathModelVersion,
+    document: JsonDocumentDep,
     service: PredictionServiceDep,
     request_id: RequestIdDep,
     principal: PredictPrincipal,
-) -> v2.InferenceResponse:
-    """Price the cars in the request with that registered version (loaded on demand)."""
-    return await _infer(body, service, request_id, principal, model_version)
-
-
-async def _infer(
-    body: bytes,
-    service: PredictionServiceDep,
-    request_id: str,
-    principal: Principal,
-    model_version: str | None,
-) -> v2.InferenceResponse:
-    # The response's id is the request's (the protocol's rule), absent when it sent none: the
-    # server's own request id is in the X-Request-ID header.
-    request = v2.parse_request(body)
-    rows = v2.to_rows(request)
-    result = await service.predict(
-        rows, model_version, request_id=request_id, api_version="v2", caller=principal.caller
+) -> Response:
+    """Price the cars in the request with the production model, or with the registered
+    version the path names (loaded on demand)."""
+    return await respond(
+        V2_INFER,
+        service,
+        document,
+        version=model_version,
+        request_id=request_id,
+        caller=principal.caller,
     )
-    return v2.response(result.prices, result.model_name, result.model_version, request.id)

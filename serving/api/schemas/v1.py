@@ -10,9 +10,12 @@ unknown fields are refused. Categories are free text (an unseen brand is priced 
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
+from itertools import chain, repeat
 from typing import Annotated, Any, NotRequired, Required
 
+import numpy as np
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -28,7 +31,16 @@ from pydantic import (
 from typing_extensions import TypedDict
 
 from serving.errors import InvalidRequest, invalid_features_from
-from serving.inference.features import BY_NAME, MAX_CATEGORY_LENGTH, Row, make_row
+from serving.inference.cars import Cars
+from serving.inference.features import (
+    BY_NAME,
+    FEATURE_NAMES,
+    FEATURES,
+    MAX_CATEGORY_LENGTH,
+    Feature,
+    Row,
+    make_row,
+)
 from serving.inference.registry import VersionInfo
 from serving.store.predictions import Feedback
 
@@ -162,17 +174,104 @@ def parse_car(body: bytes) -> Row:
         raise invalid_features_from(errors, ("body",), InvalidRequest) from None
 
 
-def parse_cars(body: bytes) -> list[Row]:
-    """The rows of the list of cars in ``body``, as :func:`parse_car`."""
+def parse_cars(body: bytes, value: Any) -> Cars:
+    """The cars of the list in ``body``, as :func:`parse_car` would validate each; ``value`` is
+    what :func:`serving.api.bodies.check_json` parsed from it.
+
+    A list that is plainly valid (JSON types as :data:`StrictCar` wants them, values in range,
+    valid categories) is taken a column at a time (:func:`_as_is`); anything else is validated
+    car by car, which also names what is wrong.
+    """
+    cars = _as_is(value)
+    return cars if cars is not None else _car_by_car(body)
+
+
+def _car_by_car(body: bytes) -> Cars:
     try:
-        return [make_row(car) for car in _STRICT_CARS.validate_json(body)]
+        return Cars.from_rows([make_row(car) for car in _STRICT_CARS.validate_json(body)])
     except ValidationError:
         pass
     try:
-        return [car.to_row() for car in _CARS.validate_json(body)]
+        return Cars.from_rows([car.to_row() for car in _CARS.validate_json(body)])
     except ValidationError as exc:
         errors = exc.errors(include_input=False)
         raise invalid_features_from(errors, ("body",), InvalidRequest) from None
+
+
+_FIELDS = frozenset(FEATURE_NAMES)
+_NONE = type(None)
+_NUMBER_TYPES = {
+    (kind, nullable): frozenset((int,) if kind == "integer" else (int, float))
+    | (frozenset((_NONE,)) if nullable else frozenset())
+    for kind in ("integer", "float")
+    for nullable in (False, True)
+}
+_TEXT_TYPES = {False: frozenset((str,)), True: frozenset((str, _NONE))}
+_CATEGORY: TypeAdapter[str] = TypeAdapter(
+    Annotated[StrictStr, Field(min_length=1, max_length=MAX_CATEGORY_LENGTH)],
+    config=ConfigDict(str_strip_whitespace=True),
+)
+_KNOWN_MAX = 100_000
+_known: dict[str, str] = {}
+"""Category values already validated (the value as sent -> as a row holds it, trimmed); at most
+``_KNOWN_MAX`` of them."""
+
+
+def _low(f: Feature) -> float:
+    return -math.inf if f.min is None else f.min
+
+
+def _high(f: Feature) -> float:
+    return math.inf if f.max is None else f.max
+
+
+def _category(value: str) -> str | None:
+    known = _known.get(value)
+    if known is None:
+        try:
+            known = _CATEGORY.validate_python(value)
+        except ValidationError:
+            return None
+        if len(_known) < _KNOWN_MAX:
+            _known[value] = known
+    return known
+
+
+def _as_is(value: Any) -> Cars | None:
+    """``value`` (a parsed body) as cars when :data:`_STRICT_CARS` would accept it with the same
+    rows, checked a column at a time; None when it must be validated car by car."""
+    if type(value) is not list or not value or set(map(type, value)) != {dict}:
+        return None
+    if not _FIELDS.issuperset(chain.from_iterable(value)):
+        return None  # an unknown field
+    n = len(value)
+    columns: list[list[Any]] = []
+    for f in FEATURES:
+        column = list(map(dict.get, value, repeat(f.name, n)))
+        types = set(map(type, column))
+        if f.numeric:
+            if not _NUMBER_TYPES[f.kind, f.nullable].issuperset(types):
+                return None
+            x = np.array(column, dtype=np.float64)  # None -> NaN
+            if bool(((x < _low(f)) | (x > _high(f))).any()):  # NaN compares False
+                return None
+            numbers: list[Any] = x.tolist()
+            if _NONE in types:
+                numbers = [None if v is None else x for v, x in zip(column, numbers, strict=True)]
+            columns.append(numbers)
+        else:
+            if not _TEXT_TYPES[f.nullable].issuperset(types):
+                return None
+            trimmed = {}
+            for v in set(column):
+                if v is not None:
+                    canonical = _category(v)
+                    if canonical is None:
+                        return None
+                    if canonical != v:
+                        trimmed[v] = canonical
+            columns.append([trimmed.get(v, v) for v in column] if trimmed else column)
+    return Cars(columns, n)
 
 
 class PricePrediction(BaseModel):

@@ -12,8 +12,10 @@ the same way.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
+import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,7 +33,8 @@ from serving.errors import (
     invalid_features_from,
     validation_details,
 )
-from serving.inference.features import BY_NAME, FEATURES, MAX_CATEGORY_LENGTH, Feature, Row
+from serving.inference.cars import Cars
+from serving.inference.features import BY_NAME, FEATURES, MAX_CATEGORY_LENGTH, Feature
 
 MAX_NAME = 64
 
@@ -229,17 +232,100 @@ def refuse_binary(binary_header: str | None) -> None:
         raise UnsupportedRequest(_BINARY)
 
 
-def to_rows(request: InferenceRequest) -> list[Row]:
-    """The cars in ``request`` as rows, after checking names, types, shapes, ranges."""
-    if any(t.parameters and "binary_data_size" in t.parameters for t in request.inputs):
+class _TakenTensor(NamedTuple):
+    """An input tensor the fast check took as it is (the attributes of :data:`InputTensor`)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[Any]
+    parameters: dict[str, Any] | None
+
+
+_REQUEST_KEYS = frozenset(("id", "parameters", "inputs", "outputs"))
+_TENSOR_KEYS = frozenset(("name", "shape", "datatype", "data", "parameters"))
+_NEEDED = frozenset(("name", "shape", "datatype", "data"))
+_DATA_TYPES: dict[str, frozenset[type]] = {
+    "BYTES": frozenset((str, type(None))),
+    "FP64": frozenset((float, int, type(None))),
+    "FP32": frozenset((float, int, type(None))),
+    "INT64": frozenset((int, type(None))),
+    "INT32": frozenset((int, type(None))),
+}
+
+
+def _as_is(value: Any) -> tuple[list[_TakenTensor], str | None] | None:
+    """The inputs and id of an already parsed body that :class:`InferenceRequest` would take
+    unchanged (flat JSON tensors, no ``outputs``), else None: the schema then judges it.
+
+    It checks the shape of the body in a few C-speed passes (``set(map(type, data))``) where
+    the schema builds a model per tensor and validates every value through a union.
+    """
+    if type(value) is not dict or not _REQUEST_KEYS.issuperset(value):
+        return None
+    request_id, parameters = value.get("id"), value.get("parameters")
+    if request_id is not None and (type(request_id) is not str or len(request_id) > 256):
+        return None
+    if (parameters is not None and type(parameters) is not dict) or "outputs" in value:
+        return None
+    inputs = value.get("inputs")
+    if type(inputs) is not list or not 1 <= len(inputs) <= 64:
+        return None
+    tensors = []
+    for t in inputs:
+        if type(t) is not dict or not _TENSOR_KEYS.issuperset(t) or not _NEEDED.issubset(t):
+            return None
+        name, shape, datatype, data = t["name"], t["shape"], t["datatype"], t["data"]
+        params = t.get("parameters")
+        allowed = _DATA_TYPES.get(datatype) if type(datatype) is str else None
+        if (
+            allowed is None
+            or type(name) is not str
+            or len(name) > MAX_NAME
+            or type(shape) is not list
+            or not 1 <= len(shape) <= 2
+            or any(type(d) is not int or d < 0 for d in shape)
+            or (params is not None and type(params) is not dict)
+            or type(data) is not list
+            or not allowed.issuperset(map(type, data))
+        ):
+            return None
+        tensors.append(_TakenTensor(name, datatype, shape, data, params))
+    return tensors, request_id
+
+
+def parse_cars(body: bytes, value: Any) -> tuple[Cars, str | None]:
+    """The cars of an inference request and its ``id``: ``body`` as checked by
+    :func:`serving.api.bodies.check_json`, ``value`` what that parsed.
+
+    Raises ``InvalidFeatures`` (422) or ``UnsupportedRequest`` (400) naming what is wrong.
+    """
+    taken = _as_is(value)
+    if taken is None:
+        return _by_schema(body)
+    tensors, request_id = taken
+    return to_cars(tensors, None), request_id
+
+
+def _by_schema(body: bytes) -> tuple[Cars, str | None]:
+    request = parse_request(body)
+    return to_cars(request.inputs, request.outputs), request.id
+
+
+def to_cars(
+    inputs: Sequence[BytesTensor | FloatTensor | IntTensor | _TakenTensor],
+    outputs: Sequence[RequestedOutput] | None,
+) -> Cars:
+    """The cars of validated tensors, after checking names, types, shapes, ranges."""
+    if any(t.parameters and "binary_data_size" in t.parameters for t in inputs):
         raise UnsupportedRequest(_BINARY)
-    for output in request.outputs or ():
+    for output in outputs or ():
         if output.name != OUTPUT.name:
             raise InvalidFeatures(f"unknown output {output.name!r}: the model has only 'price'")
     problems: list[dict[str, Any]] = []
     columns: dict[str, list[Any]] = {}
     length: int | None = None
-    for t in request.inputs:
+    for t in inputs:
         where = f"inputs.{t.name}"
         feature = BY_NAME.get(t.name)
         if feature is None:
@@ -267,9 +353,7 @@ def to_rows(request: InferenceRequest) -> list[Row]:
     n = length or 0
     if n == 0:
         raise InvalidFeatures("the tensors hold no rows")
-    for f in FEATURES:
-        columns.setdefault(f.name, [None] * n)
-    return [{f.name: columns[f.name][i] for f in FEATURES} for i in range(n)]
+    return Cars([columns.get(f.name) or [None] * n for f in FEATURES], n)
 
 
 def _problem(loc: str, msg: str, kind: str) -> dict[str, Any]:
@@ -287,8 +371,14 @@ def _summary(problems: list[dict[str, Any]]) -> str:
     return text + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 
 
-def _column(t: BytesTensor | FloatTensor | IntTensor, f: Feature) -> tuple[list[Any], str | None]:
-    """The tensor's values as row values (``str``/``float``/``None``), or an error."""
+def _column(
+    t: BytesTensor | FloatTensor | IntTensor | _TakenTensor, f: Feature
+) -> tuple[list[Any], str | None]:
+    """The tensor's values as row values (``str``/``float``/``None``), or an error.
+
+    Checked a column at a time (NumPy for numbers, the distinct values for text); the first
+    bad row, if any, is then described by :func:`_value_error`.
+    """
     if f.numeric and t.datatype == "BYTES":
         return [], f"is numeric: send FP64 or INT64, not {t.datatype}"
     if not f.numeric and t.datatype != "BYTES":
@@ -296,37 +386,67 @@ def _column(t: BytesTensor | FloatTensor | IntTensor, f: Feature) -> tuple[list[
     shape = t.shape
     if len(shape) == 2 and shape[1] != 1:
         return [], f"shape {shape}: send [N] or [N, 1]"
-    flat: list[Any] = []
-    for item in t.data:
-        if isinstance(item, list):
-            if len(item) != 1:
-                return [], "nested data must hold one value per row"
-            flat.append(item[0])
-        else:
-            flat.append(item)
+    flat: list[Any] = t.data
+    if list in set(map(type, flat)):
+        flat = []
+        for item in t.data:
+            if isinstance(item, list):
+                if len(item) != 1:
+                    return [], "nested data must hold one value per row"
+                flat.append(item[0])
+            else:
+                flat.append(item)
     if len(flat) != shape[0]:
         return [], f"shape {shape} but {len(flat)} values"
-    out: list[Any] = []
-    for i, v in enumerate(flat):
+    if f.numeric:
+        x = np.array(flat, dtype=np.float64)  # None -> NaN (JSON has no NaN of its own)
+        missing = np.isnan(x)
+        low = -math.inf if f.min is None else f.min
+        high = math.inf if f.max is None else f.max
+        bad = (x < low) | (x > high)  # NaN compares False
+        if not f.nullable:
+            bad |= missing
+        if f.kind == "integer":
+            bad |= (x != np.floor(x)) & ~missing
+        if bad.any():
+            i = int(np.argmax(bad))
+            return [], _value_error(i, flat[i], f)
+        values: list[Any] = x.tolist()
+        if missing.any():
+            values = [None if m else v for v, m in zip(values, missing.tolist(), strict=True)]
+        return values, None
+    refused: set[Any] = set()
+    stripped: dict[str, str] = {}
+    for v in set(flat):
         if v is None:
             if not f.nullable:
-                return [], f"row {i}: null, but the input is required"
-            out.append(None)
-        elif f.numeric:
-            x = float(v)
-            if not math.isfinite(x):
-                return [], f"row {i}: not a finite number"
-            if f.kind == "integer" and not x.is_integer():
-                return [], f"row {i}: must be a whole number"
-            if (f.min is not None and x < f.min) or (f.max is not None and x > f.max):
-                return [], f"row {i}: out of range [{f.min}, {f.max}]"
-            out.append(x)
-        else:
-            s = str(v).strip()
-            if not 1 <= len(s) <= MAX_CATEGORY_LENGTH:
-                return [], f"row {i}: must be 1-{MAX_CATEGORY_LENGTH} characters"
-            out.append(s)
-    return out, None
+                refused.add(v)
+            continue
+        s = str(v).strip()
+        if not 1 <= len(s) <= MAX_CATEGORY_LENGTH:
+            refused.add(v)
+        elif s != v:
+            stripped[v] = s
+    if refused:
+        i = next(i for i, v in enumerate(flat) if v in refused)
+        return [], _value_error(i, flat[i], f)
+    if stripped:
+        return [stripped.get(v, v) for v in flat], None
+    return list(flat), None
+
+
+def _value_error(i: int, v: Any, f: Feature) -> str:
+    """What is wrong with row ``i``'s value ``v`` of feature ``f`` (a value found bad)."""
+    if v is None:
+        return f"row {i}: null, but the input is required"
+    if not f.numeric:
+        return f"row {i}: must be 1-{MAX_CATEGORY_LENGTH} characters"
+    x = float(v)
+    if not math.isfinite(x):
+        return f"row {i}: not a finite number"
+    if f.kind == "integer" and not x.is_integer():
+        return f"row {i}: must be a whole number"
+    return f"row {i}: out of range [{f.min}, {f.max}]"
 
 
 def response(

@@ -98,7 +98,24 @@ def _dump(value: Any) -> bytes:
     return json.dumps(value).encode()
 
 
+def _v2(*cars: dict[str, Any], **extra: Any) -> bytes:
+    from serving.inference.features import FEATURES
+
+    inputs = [
+        {
+            "name": f.name,
+            "shape": [len(cars)],
+            "datatype": "FP64" if f.numeric else "BYTES",
+            "data": [car.get(f.name) for car in cars],
+        }
+        for f in FEATURES
+    ]
+    return _dump({"inputs": inputs} | extra)
+
+
+V2 = "/v2/models/car-price/infer"
 KEY = {"X-API-Key": "{key}", "Content-Type": "application/json"}
+TRITON = {"X-API-Key": "{key}"}  # tritonclient sends no Content-Type
 CASES: dict[str, tuple[str, Callable[[], bytes], dict[str, str]]] = {
     # answered by the lane
     "one car": ("/v1/predict", lambda: _dump(unique_car()), KEY),
@@ -191,8 +208,39 @@ CASES: dict[str, tuple[str, Callable[[], bytes], dict[str, str]]] = {
     "too long a string": ("/v1/predict", lambda: _dump(CAR | {"brand": "x" * 2000}), KEY),
     "huge integer": ("/v1/predict", lambda: _dump(CAR).replace(b"2019", b"9" * 5000), KEY),
     "gzip encoded": ("/v1/predict", lambda: _dump(CAR), KEY | {"Content-Encoding": "gzip"}),
+    # the Open Inference Protocol
+    "v2 one car": (V2, lambda: _v2(unique_car()), TRITON),
+    "v2 with an id": (V2, lambda: _v2(unique_car(), id="req-7"), KEY),
+    "v2 batch": (V2, lambda: _v2(*[unique_car(seats=None) for _ in range(5)]), TRITON),
+    "v2 pinned version": (
+        "/v2/models/car-price/versions/2/infer",
+        lambda: _v2(unique_car()),
+        TRITON,
+    ),
+    "v2 unregistered version": (
+        "/v2/models/car-price/versions/999/infer",
+        lambda: _v2(unique_car()),
+        TRITON,
+    ),
+    "v2 unknown model": ("/v2/models/other/infer", lambda: _v2(unique_car()), TRITON),
+    "v2 out of range": (V2, lambda: _v2(CAR | {"year": 1900}), TRITON),
+    "v2 nested data": (
+        V2,
+        lambda: _dump(
+            {"inputs": [{"name": "year", "shape": [1, 1], "datatype": "INT64", "data": [[2019]]}]}
+        ),
+        TRITON,
+    ),
+    "v2 not json": (V2, lambda: b"{not json", TRITON),
+    "v2 bearer token": (V2, lambda: _v2(unique_car()), {"Authorization": "Bearer {token}"}),
+    "v2 bad key": (V2, lambda: _v2(CAR), {"X-API-Key": "nope"}),
+    "v2 binary extension": (
+        V2,
+        lambda: _v2(CAR),
+        TRITON | {"Inference-Header-Content-Length": "10"},
+    ),
 }
-HANDED_OVER = {"text body", "no credentials", "cors request", "gzip encoded"}
+HANDED_OVER = {"text body", "no credentials", "cors request", "gzip encoded", "v2 binary extension"}
 """Cases the lane leaves to the stack on their headers alone; it answers every other one."""
 
 

@@ -1,0 +1,101 @@
+"""A batch of validated cars, held column-wise: what the API hands the prediction service.
+
+One column per feature (in :data:`~serving.inference.features.FEATURES` order), each a list of
+the canonical values a :data:`~serving.inference.features.Row` holds (``str``/``float``,
+``None`` where missing). A 1,000-car batch is then encoded, keyed and sliced a column at a time
+(C-speed list and NumPy operations), never a dict per car. :class:`Cars` is also a
+``Sequence[Row]``: code that wants rows (the prediction log's writer, the drift reference)
+gets them, built on demand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from typing import overload
+
+from serving.inference.features import FEATURE_NAMES, Row
+
+Value = str | float | None
+Column = list[Value]
+_SEP = ", "
+
+
+class Cars(Sequence[Row]):
+    """``n`` validated cars as one list of values per feature (see the module docstring)."""
+
+    __slots__ = ("columns", "n")
+
+    def __init__(self, columns: Sequence[Column], n: int) -> None:
+        self.columns = columns
+        """One list per feature, in feature order, each of length ``n``."""
+        self.n = n
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[Row]) -> Cars:
+        """The cars of ``rows`` (validated rows, as :func:`~serving.inference.features.make_row`
+        makes them; an absent key is a missing value); a :class:`Cars` is returned as it is."""
+        if isinstance(rows, Cars):
+            return rows
+        return cls([[row.get(name) for row in rows] for name in FEATURE_NAMES], len(rows))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Cars]) -> Cars:
+        """The cars of ``parts``, in order."""
+        if len(parts) == 1:
+            return parts[0]
+        columns: list[Column] = [[] for _ in FEATURE_NAMES]
+        for part in parts:
+            for into, col in zip(columns, part.columns, strict=True):
+                into.extend(col)
+        return cls(columns, sum(p.n for p in parts))
+
+    def take(self, positions: Sequence[int]) -> Cars:
+        """The cars at ``positions`` (increasing, distinct)."""
+        if len(positions) == self.n:
+            return self  # the positions of a miss list that missed everywhere are 0..n-1
+        return Cars([[col[i] for i in positions] for col in self.columns], len(positions))
+
+    def tuples(self) -> list[tuple[Value, ...]]:
+        """Each car's values in feature order (:func:`~serving.inference.features.row_values`)."""
+        return list(zip(*self.columns, strict=True)) if self.n else []
+
+    def digests(self) -> list[str]:
+        """Each car's :func:`~serving.inference.features.values_digest`, a column at a time."""
+        if not self.n:
+            return []
+        reprs = [list(map(repr, col)) for col in self.columns]
+        sha256 = hashlib.sha256
+        # "(" + ", ".join(reprs) + ")" is repr() of the values tuple (16 of them, never 1).
+        joined = map(_SEP.join, zip(*reprs, strict=True))
+        return [sha256(f"({values})".encode()).hexdigest() for values in joined]
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, index: int) -> Row: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Row]: ...
+
+    def __getitem__(self, index: int | slice) -> Row | Sequence[Row]:
+        if isinstance(index, slice):
+            return self.take(range(self.n)[index])
+        if not -self.n <= index < self.n:
+            raise IndexError(index)
+        return dict(zip(FEATURE_NAMES, (col[index] for col in self.columns), strict=True))
+
+    def __iter__(self) -> Iterator[Row]:
+        for values in zip(*self.columns, strict=True):
+            yield dict(zip(FEATURE_NAMES, values, strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Cars):
+            return self.n == other.n and list(self.columns) == list(other.columns)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Cars(n={self.n})"

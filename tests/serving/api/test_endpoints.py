@@ -1,0 +1,131 @@
+"""The prediction endpoints' column-wise parsers take exactly what the schemas take.
+
+:func:`serving.api.schemas.v1.parse_cars` and :func:`serving.api.schemas.v2.parse_cars` take a
+plainly valid body a column at a time and leave everything else to pydantic. Random mutations of
+valid bodies must get the same cars, or the same error, either way; counting the outcomes shows
+both ways were taken (the comparison is not vacuous).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections.abc import Callable, Iterator
+from functools import partial
+from typing import Any
+
+import orjson
+import pytest
+
+from serving.api.schemas import v1, v2
+from serving.errors import ServingError
+from tests.serving.support import cars
+
+ODD: list[Any] = [None, True, "2019", " 2019", "", "  ", " Toyota ", "x" * 65, 2019.0, 2019.5]
+ODD += [-1, 1e300, 0, 4.0, [], {}, "\u00a0Petrol", "Petrol\u2028", "\x1fPetrol"]
+
+
+def _outcome(parse: Callable[[], Any]) -> Any:
+    try:
+        parsed = parse()
+    except ServingError as exc:
+        return ("error", type(exc).__name__, str(exc), exc.details)
+    if isinstance(parsed, tuple):  # v2: (cars, id)
+        return ("cars", list(parsed[0]), parsed[1])
+    return ("cars", list(parsed))
+
+
+def _v1_batches(rng: random.Random) -> Iterator[list[Any]]:
+    pool = cars(200, seed=13)
+    for _ in range(150):
+        batch = copy.deepcopy(rng.sample(pool, rng.randint(1, 6)))
+        for _ in range(rng.randint(0, 2)):
+            car = rng.choice(batch)
+            name = rng.choice(list(car))
+            roll = rng.random()
+            if roll < 0.7:
+                car[name] = rng.choice(ODD)
+            elif roll < 0.85:
+                del car[name]
+            else:
+                car["extra"] = 1
+        yield batch
+    yield []
+    yield [pool[0], 1]
+
+
+def test_v1_batches_get_the_same_cars_or_error_column_wise_and_car_by_car() -> None:
+    taken = 0
+    for batch in _v1_batches(random.Random(5)):
+        body = json.dumps(batch).encode()
+        value = orjson.loads(body)
+        fast = v1._as_is(value)
+        expected = _outcome(partial(v1._car_by_car, body))
+        assert _outcome(partial(v1.parse_cars, body, value)) == expected, batch
+        if fast is not None:
+            taken += 1
+            assert ("cars", list(fast)) == expected, batch
+    assert 20 < taken < 140
+
+
+def _v2_bodies(rng: random.Random) -> Iterator[dict[str, Any]]:
+    from benchmarks.serving import v2_body
+
+    pool = cars(200, seed=17)
+    for _ in range(200):
+        body = v2_body(rng.sample(pool, rng.randint(1, 5)))
+        if rng.random() < 0.3:
+            body["id"] = rng.choice(["42", 42, "x" * 300, None])
+        for _ in range(rng.randint(0, 2)):
+            t = rng.choice(body["inputs"])
+            roll = rng.random()
+            if roll < 0.45:
+                t["data"][rng.randrange(len(t["data"]))] = rng.choice(ODD)
+            elif roll < 0.55:
+                t["datatype"] = rng.choice(["INT64", "FP32", "BYTES", "BOOL", 1])
+            elif roll < 0.62:
+                t["shape"] = rng.choice([[len(t["data"]) + 1], [len(t["data"]), 1], [-1], [1.0]])
+            elif roll < 0.69:
+                t["data"] = [[v] for v in t["data"]]
+            elif roll < 0.74:
+                body["inputs"].remove(t)
+            elif roll < 0.79:
+                body["inputs"].append(copy.deepcopy(t))
+            elif roll < 0.84:
+                t["name"] = rng.choice(["price", "Brand", "x" * 70])
+            elif roll < 0.88:
+                t["parameters"] = rng.choice([{}, {"binary_data_size": 8}, [], None])
+            elif roll < 0.92:
+                body["outputs"] = [{"name": rng.choice(["price", "value"])}]
+            elif roll < 0.96:
+                t["extra"] = 1
+            else:
+                body["parameters"] = rng.choice([None, [], {"x": 1}])
+        yield body
+
+
+def test_v2_requests_get_the_same_cars_or_error_as_through_the_schema() -> None:
+    taken = 0
+    for request in _v2_bodies(random.Random(7)):
+        body = json.dumps(request).encode()
+        value = orjson.loads(body)
+        expected = _outcome(partial(v2._by_schema, body))
+        assert _outcome(partial(v2.parse_cars, body, value)) == expected, request
+        taken += v2._as_is(value) is not None
+    assert 40 < taken < 190
+
+
+@pytest.mark.parametrize("nulls", [False, True])
+def test_v2_numbers_and_texts_become_row_values(nulls: bool) -> None:
+    from benchmarks.serving import v2_body
+
+    sample = cars(3, seed=3)
+    if nulls:
+        sample[1] = sample[1] | {"color": None, "seats": None}
+    body = json.dumps(v2_body(sample)).encode()
+    got, request_id = v2.parse_cars(body, orjson.loads(body))
+    assert request_id is None
+    assert [row["year"] for row in got] == [float(c["year"]) for c in sample]
+    assert all(type(row["year"]) is float for row in got)
+    assert [row["color"] for row in got] == [c["color"] for c in sample]
