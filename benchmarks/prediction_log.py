@@ -2,8 +2,8 @@
 
 The API's writer (:mod:`serving.monitoring.prediction_log`) queues logged cars and inserts them
 with :func:`serving.store.predictions.append`, up to ``CARPRICE_PREDICTION_LOG_BATCH_ROWS``
-(5,000) rows per transaction. This benchmark runs that insert from 1, 2 and 4 processes at once
-(as 1, 2, 4 API replicas would) into a fresh database on the local server, for a few seconds
+(5,000) rows per transaction. This benchmark runs that insert from 1, 2, 4 and 8 processes at
+once (as that many API workers would) into a fresh database on the local server, for a few seconds
 each, and prints the rows/s they reach together: the ceiling of logged cars per second, and
 what a replica's share of it is. The API itself, the queue and the network are not in it.
 
@@ -60,11 +60,13 @@ def records(batch: int) -> Any:
     return pa.Table.from_pylist(rows, schema=LOGGED_SCHEMA)
 
 
-def writer(url: str, batch: int, seconds: float, start: Any, out: Any) -> None:
+def writer(url: str, batch: int, seconds: float, ready: Any, start: Any, out: Any) -> None:
     from serving.store.database import create_db_engine
     from serving.store.predictions import append
 
     engine = create_db_engine(url)
+    records(batch)  # imports done
+    ready.put(True)
     start.wait()
     written, deadline = 0, time.perf_counter() + seconds
     began = time.perf_counter()
@@ -78,13 +80,15 @@ def writer(url: str, batch: int, seconds: float, start: Any, out: Any) -> None:
 
 def measure(url: str, writers: int, batch: int, seconds: float) -> float:
     ctx = mp.get_context("spawn")
-    start, out = ctx.Event(), ctx.Queue()
+    ready, start, out = ctx.Queue(), ctx.Event(), ctx.Queue()
     procs = [
-        ctx.Process(target=writer, args=(url, batch, seconds, start, out)) for _ in range(writers)
+        ctx.Process(target=writer, args=(url, batch, seconds, ready, start, out))
+        for _ in range(writers)
     ]
     for proc in procs:
         proc.start()
-    time.sleep(3)  # imports done in every process
+    for _ in procs:  # every writer has imported and built a batch: they all start together
+        ready.get(timeout=300)
     start.set()
     results = [out.get(timeout=seconds + 120) for _ in procs]
     for proc in procs:
@@ -109,7 +113,7 @@ def main() -> None:
 
         upgrade(url)
         print(f"{'writers':>7} {'batch':>6} {'rows/s':>9} {'rows/s per writer':>18}")
-        for writers, batch in ((1, 100), (1, 1000), (1, 5000), (2, 5000), (4, 5000)):
+        for writers, batch in ((1, 100), (1, 1000), (1, 5000), (2, 5000), (4, 5000), (8, 5000)):
             rate = measure(url, writers, batch, args.seconds)
             print(f"{writers:>7} {batch:>6} {rate:>9,.0f} {rate / writers:>18,.0f}", flush=True)
     finally:
