@@ -18,11 +18,14 @@ $(CURDIR)/.uv/bin/uv:
 	$(PYTHON) -m venv .uv
 	.uv/bin/python -m pip install -q uv==$(UV_VERSION)
 
-# --compile-bytecode: every DVC stage, CLI call and test server is a new Python process, and
-# without .pyc files (PYTHONDONTWRITEBYTECODE set, as in CI) each one compiles its imports again.
+# Bytecode: every DVC stage, CLI call and test server is a new Python process. Compiling all of
+# site-packages at install (--compile-bytecode) took ~2 min; instead the make targets let Python
+# cache the .pyc of what it really imports, once, even where PYTHONDONTWRITEBYTECODE is set (CI).
+unexport PYTHONDONTWRITEBYTECODE
+
 $(BIN)/carprice: pyproject.toml uv.lock | $(UV)
 	@echo "==> installing the project and its pinned dependencies into .venv (uv.lock)"
-	$(UV) sync --frozen --extra dev --compile-bytecode
+	$(UV) sync --frozen --extra dev
 	touch $(BIN)/carprice
 
 lock: | $(UV) ## re-resolve uv.lock after changing dependencies in pyproject.toml
