@@ -4,7 +4,9 @@ Cars are drawn by :func:`pipelines.synthetic.generate` (cleaned as the pipeline 
 each is valid input), optionally shifted by a drift spec, and sent as ``POST /v1/predict``
 (``--batch 1``) or ``/v1/predict/batch`` at a steady rate. With ``--feedback P`` a share ``P``
 of the priced cars gets its generator price reported back through ``POST /v1/feedback``, as
-an application reporting the real sale price would.
+an application reporting the real sale price would: after the traffic (a sale comes later than
+its price), each report tried again for up to 10 s while the API has not logged its
+prediction yet (404).
 
 A drift spec is a comma-separated list of shifts, each optionally applied to a share of the
 cars only (``:share``)::
@@ -193,6 +195,10 @@ def _batches(cars: list[dict[str, Any]], prices: list[float], size: int) -> Iter
         yield chunk
 
 
+FEEDBACK_TRIES = 20
+FEEDBACK_RETRY_SECONDS = 0.5
+
+
 async def _run(
     url: str,
     api_key: str,
@@ -217,6 +223,7 @@ async def _run(
     limit = asyncio.Semaphore(concurrency)
     headers = {"X-API-Key": api_key}
     path = "/v1/predict" if batch == 1 else "/v1/predict/batch"
+    pending: list[Any] = []  # feedback bodies, reported once the traffic is sent
 
     async def one(client: httpx.AsyncClient, chunk: list[tuple[dict[str, Any], float]]) -> None:
         body: Any = chunk[0][0] if batch == 1 else [car for car, _ in chunk]
@@ -240,15 +247,23 @@ async def _run(
             for row, (_, price) in enumerate(chunk)
             if feedback > 0 and rng.random() < feedback
         ]
-        if not reports:
-            return
-        summary.feedback_sent += len(reports)
-        try:
-            answer = await client.post("/v1/feedback", json=reports if batch > 1 else reports[0])
-            if answer.status_code == 200:
-                summary.feedback_ok += len(reports)
-        except httpx.HTTPError:
-            pass
+        if reports:
+            pending.append(reports if batch > 1 else reports[0])
+            summary.feedback_sent += len(reports)
+
+    async def report(client: httpx.AsyncClient, body: Any) -> None:
+        # A sale price comes after the prediction; the API knows a prediction once its log
+        # writer has stored it (a fraction of a second), so a 404 is tried again for a while.
+        for _ in range(FEEDBACK_TRIES):
+            try:
+                answer = await client.post("/v1/feedback", json=body)
+            except httpx.HTTPError:
+                return
+            if answer.status_code != 404:
+                if answer.status_code == 200:
+                    summary.feedback_ok += len(body) if isinstance(body, list) else 1
+                return
+            await asyncio.sleep(FEEDBACK_RETRY_SECONDS)
 
     async def guarded(client: httpx.AsyncClient, chunk: Any) -> None:
         async with limit:
@@ -271,6 +286,8 @@ async def _run(
             task.add_done_callback(tasks.discard)
         if tasks:
             await asyncio.wait(tasks)
+        for start in range(0, len(pending), concurrency):
+            await asyncio.gather(*(report(client, b) for b in pending[start : start + concurrency]))
     bar.close()
     summary.seconds = time.monotonic() - started
     return summary

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -159,7 +160,9 @@ def test_dashboard_queries_evaluate_against_the_running_stack(
         )  # fmt: skip
         assert traffic.returncode == 0, traffic.stdout + traffic.stderr
         assert "answers: 200 x" in traffic.stdout, traffic.stdout
-        assert "feedback:" in traffic.stdout
+        accepted = re.search(r"feedback: (\d+) of (\d+) reports accepted", traffic.stdout)
+        assert accepted, traffic.stdout
+        assert accepted[1] == accepted[2] != "0", traffic.stdout
 
         def stored() -> bool:
             # The monitor also ran while the traffic was still coming: wait for a report made
