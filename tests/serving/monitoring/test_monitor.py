@@ -208,6 +208,9 @@ def test_outages_count_failed_runs_keep_the_gauges_and_recover(
                 now = gauge("carprice_monitor_last_run_timestamp_seconds")
                 assert now is not None
                 assert now > stamp
+                # the recovered run's values are the ones the next outage must keep
+                share = gauge("carprice_drift_share", model_version="1")
+                mae = gauge("carprice_live_mae", model_version="1")
                 stamp = now
         finally:
             engine.dispose()
