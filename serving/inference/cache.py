@@ -2,16 +2,18 @@
 
 A key is the model name, the model version and the car's values, so a new model version never
 answers with an old price. Each backend makes its own keys (:meth:`PredictionCache.key`): the
-in-process cache a tuple (cheap to hash), Redis a string with the SHA-256 of the values under
-``cache_namespace`` (so deployments, or test runs, can share one Redis).
+in-process cache a tuple (cheap to hash), Redis a string with the SHA-256 of the values (as JSON:
+:func:`~serving.inference.features.values_bytes`) under ``cache_namespace`` (so deployments, or
+test runs, can share one Redis).
 
 With Redis, an in-process L1 (``CARPRICE_CACHE_L1_ENTRIES``) sits in front of it
-(:class:`TieredCache`): a price for one model version never changes, so a car this worker has
-seen is answered without a round trip, and a hot swap cannot serve a stale price (the version
-is in the key). What goes to Redis goes in as few round trips as the load allows: the reads of
-all requests of one event-loop turn are one ``MGET``, and writes are queued and sent behind the
-requests (one script call setting every key with its expiry), never waited for; a write queue
-over ``CARPRICE_CACHE_WRITE_QUEUE`` prices drops the rest (counted ``dropped``).
+(:class:`TieredCache`, keyed like Redis): a price for one model version never changes, so a car
+this worker has seen is answered without a round trip, and a hot swap cannot serve a stale
+price (the version is in the key). What goes to Redis goes in as few round trips as the load
+allows: the reads of all requests of one event-loop turn are one ``MGET``, and writes are queued
+and sent behind the requests (one script call setting every key with its expiry), never waited
+for; a write queue over ``CARPRICE_CACHE_WRITE_QUEUE`` prices drops the rest (counted
+``dropped``).
 
 The cache is an optimisation and never a reason for a request to fail: every Redis call is
 bounded by ``redis_timeout`` (socket and asyncio timeouts, no retries), a failure is logged,
@@ -36,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from serving.inference.cars import Cars
-from serving.inference.features import Row, row_values, values_digest
+from serving.inference.features import Row, row_digest, row_values
 from serving.monitoring.metrics import CACHE_EVENTS
 from serving.settings import Settings
 
@@ -52,11 +54,7 @@ def local_keys(model_name: str, model_version: str, cars: Cars) -> list[Any]:
 
 def cache_key(namespace: str, model_name: str, model_version: str, row: Row) -> str:
     """The Redis key of one car's price under one model version (``namespace`` first)."""
-    return _redis_key(namespace, model_name, model_version, row_values(row))
-
-
-def _redis_key(namespace: str, model_name: str, model_version: str, values: tuple[Any, ...]) -> str:
-    return f"{namespace}{model_name}:{model_version}:{values_digest(values)}"
+    return f"{namespace}{model_name}:{model_version}:{row_digest(row)}"
 
 
 class PredictionCache(Protocol):
@@ -127,10 +125,10 @@ class MemoryCache:
                 out.append(entry[1])
         return out
 
-    async def set_many(self, items: Mapping[Hashable, float]) -> None:
+    async def set_many(self, items: Mapping[Any, float]) -> None:
         self.set_now(items)
 
-    def set_now(self, items: Mapping[Hashable, float]) -> None:
+    def set_now(self, items: Mapping[Any, float]) -> None:
         """``set_many`` without awaiting (it never waits)."""
         expires = self._clock() + self._ttl
         for key, value in items.items():
@@ -370,7 +368,11 @@ class RedisCache:
 
 class TieredCache:
     """An in-process L1 in front of Redis: hits never leave the process, misses ask Redis
-    (one ``MGET`` per event-loop turn), new prices go to both (Redis behind the request)."""
+    (one ``MGET`` per event-loop turn), new prices go to both (Redis behind the request).
+
+    Both tiers use the Redis key (:meth:`RedisCache.keys`): one digest per car and request,
+    computed once, whichever tier answers.
+    """
 
     backend = "redis"
 
@@ -378,33 +380,17 @@ class TieredCache:
         self.l1 = l1
         self.l2 = l2
 
-    def key(self, model_name: str, model_version: str, row: Row) -> Hashable:
-        return (model_name, model_version, row_values(row))
+    def key(self, model_name: str, model_version: str, row: Row) -> str:
+        return self.l2.key(model_name, model_version, row)
 
     def keys(self, model_name: str, model_version: str, cars: Cars) -> list[Any]:
-        return local_keys(model_name, model_version, cars)
+        return self.l2.keys(model_name, model_version, cars)
 
-    def remote_key(self, key: Any) -> str:
-        """The Redis key of an L1 key (the same as :func:`cache_key`)."""
-        return _redis_key(self.l2.namespace, *key)
-
-    def remote_keys(self, keys: Sequence[Any]) -> list[str]:
-        """:meth:`remote_key` of each L1 key; the digests a column at a time when the keys are
-        of one model version (those of one request always are)."""
-        if not keys:
-            return []
-        name, version, _ = keys[0]
-        if any(k[0] != name or k[1] != version for k in keys):
-            return [self.remote_key(k) for k in keys]
-        columns = [list(col) for col in zip(*(k[2] for k in keys), strict=True)]
-        prefix = f"{self.l2.namespace}{name}:{version}:"
-        return [prefix + digest for digest in Cars(columns, len(keys)).digests()]
-
-    async def get_many(self, keys: Sequence[Hashable]) -> list[float | None]:
+    async def get_many(self, keys: Sequence[str]) -> list[float | None]:
         prices = self.l1.get_now(keys)
         misses = [i for i, price in enumerate(prices) if price is None]
         if misses:
-            remote = await self.l2.get_many(self.remote_keys([keys[i] for i in misses]))
+            remote = await self.l2.get_many([keys[i] for i in misses])
             found = {}
             for i, price in zip(misses, remote, strict=True):
                 if price is not None:
@@ -414,10 +400,9 @@ class TieredCache:
                 self.l1.set_now(found)
         return prices
 
-    async def set_many(self, items: Mapping[Hashable, float]) -> None:
+    async def set_many(self, items: Mapping[str, float]) -> None:
         self.l1.set_now(items)
-        remote = self.remote_keys(list(items))
-        await self.l2.set_many(dict(zip(remote, items.values(), strict=True)))
+        await self.l2.set_many(items)
 
     async def drain(self) -> None:
         """Wait for the queued Redis writes."""

@@ -14,11 +14,12 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from typing import overload
 
-from serving.inference.features import FEATURE_NAMES, Row
+import orjson
+
+from serving.inference.features import FEATURE_NAMES, Row, values_bytes
 
 Value = str | float | None
 Column = list[Value]
-_SEP = ", "
 
 
 class Cars(Sequence[Row]):
@@ -61,14 +62,13 @@ class Cars(Sequence[Row]):
         return list(zip(*self.columns, strict=True)) if self.n else []
 
     def digests(self) -> list[str]:
-        """Each car's :func:`~serving.inference.features.values_digest`, a column at a time."""
-        if not self.n:
-            return []
-        reprs = [list(map(repr, col)) for col in self.columns]
+        """Each car's :func:`~serving.inference.features.values_digest`."""
         sha256 = hashlib.sha256
-        # "(" + ", ".join(reprs) + ")" is repr() of the values tuple (16 of them, never 1).
-        joined = map(_SEP.join, zip(*reprs, strict=True))
-        return [sha256(f"({values})".encode()).hexdigest() for values in joined]
+        try:
+            encoded = list(map(orjson.dumps, zip(*self.columns, strict=True)))
+        except TypeError:  # a value orjson refuses: values_bytes says how it is written
+            encoded = list(map(values_bytes, zip(*self.columns, strict=True)))
+        return [sha256(b).hexdigest() for b in encoded]
 
     def __len__(self) -> int:
         return self.n

@@ -108,15 +108,14 @@ class PredictionService:
                     f"{model.name}/{model.version} returned no usable price for car {first}"
                 )
             values = predicted.tolist()
+            new_keys = keys
             if hits:
                 for i, value in zip(misses, values, strict=True):
                     prices[i] = value
-                await self.cache.set_many(
-                    {keys[i]: value for i, value in zip(misses, values, strict=True)}
-                )
+                new_keys = [keys[i] for i in misses]
             else:
-                prices = values
-                await self.cache.set_many(dict(zip(keys, values, strict=True)))
+                prices = values  # every car missed: the model's answer is the whole answer
+            await self.cache.set_many(dict(zip(new_keys, values, strict=True)))
         priced: list[float] = prices  # type: ignore[assignment]  # every car has a price now
         if hits:
             _predictions(api_version, model.version, True).inc(hits)

@@ -19,6 +19,7 @@ from serving.inference.cache import (
     build_cache,
     cache_key,
 )
+from serving.inference.cars import Cars
 from serving.inference.features import make_row
 from serving.monitoring.metrics import CACHE_EVENTS
 from tests.serving.live import BlackHole, closed_port
@@ -57,8 +58,9 @@ def test_redis_keys_are_under_the_configured_namespace() -> None:
     settings = make_settings(None, cache_url=REDIS_URL, cache_namespace="team-a:prices:")
     cache = build_cache(settings)
     assert isinstance(cache, TieredCache)
-    remote = cache.remote_key(cache.key("car-price", "3", make_row(CAR)))
-    assert remote.startswith("team-a:prices:car-price:3:")
+    key = cache.key("car-price", "3", make_row(CAR))
+    assert key == cache_key("team-a:prices:", "car-price", "3", make_row(CAR))
+    assert key.startswith("team-a:prices:car-price:3:")
     run(cache.aclose())
 
 
@@ -242,7 +244,8 @@ def test_the_l1_answers_what_it_has_seen_and_asks_redis_for_the_rest(
         assert isinstance(reader, TieredCache)
         rows = [make_row(CAR | {"km_driven": km}) for km in (1, 2)]
         keys = [writer.key("car-price", "7", row) for row in rows]
-        assert writer.remote_key(keys[0]) == cache_key(redis_namespace, "car-price", "7", rows[0])
+        assert keys[0] == cache_key(redis_namespace, "car-price", "7", rows[0])
+        assert writer.keys("car-price", "7", Cars.from_rows(rows)) == keys
         await writer.set_many({keys[0]: 123.0})
         await writer.drain()
         spy = Spy(reader.l2._redis)

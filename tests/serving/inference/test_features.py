@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.contract import build_contract
+from serving.inference.cars import Cars
 from serving.inference.features import FEATURE_NAMES, FEATURES, make_row, row_digest
 from tests.serving.support import CAR
 
@@ -50,9 +51,18 @@ def test_digest_changes_with_any_feature(field: str, value: object) -> None:
         ({"color": "None"}, {"color": None}),
         ({"brand": "A', 'B", "model": "C"}, {"brand": "A", "model": "B', 'C"}),
         ({"year": 2019.0}, {"year": 2019.0000000000002}),
+        ({"brand": 'A", "B', "model": "C"}, {"brand": "A", "model": 'B", "C'}),
+        ({"max_power_bhp": 0.0}, {"max_power_bhp": -0.0}),
+        ({"color": "\ud800"}, {"color": "\\ud800"}),  # orjson refuses a lone surrogate
     ],
 )
 def test_digests_of_different_rows_differ_even_for_lookalike_values(
     a: dict[str, object], b: dict[str, object]
 ) -> None:
     assert row_digest(make_row(CAR | a)) != row_digest(make_row(CAR | b))
+
+
+def test_digests_of_a_batch_are_each_cars_digest() -> None:
+    rows = [make_row(CAR), make_row(CAR | {"color": "\ud800"}), make_row(CAR | {"seats": None})]
+    assert Cars.from_rows(rows).digests() == [row_digest(r) for r in rows]
+    assert Cars.from_rows(rows[::2]).digests() == [row_digest(r) for r in rows[::2]]
