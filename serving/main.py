@@ -55,6 +55,17 @@ Errors share one body: `{"error": "<message>", "code": "<code>", "details": ...}
 """
 
 
+async def _freeze_when_ready(models: ModelStore) -> None:
+    """Once the first production model is loaded (in the background, after start-up),
+    ``gc.freeze()`` the heap: MLflow, scikit-learn and the model live as long as the worker,
+    and every full collection re-scanned them (measured under load: 150-600 ms each, a few
+    per minute, the p99 tail). One full collection first, once per worker."""
+    while not await models.wait_ready(3600):
+        pass
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. ``settings`` defaults to the environment's (``get_settings()``)."""
     settings = settings or get_settings()
@@ -111,10 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The monitor stores its drift reports beside the log: the API only reads them.
         app.state.monitoring_store = log_engine
         await models.start()
-        if settings.gc_freeze:
-            # Everything loaded so far lives as long as the process: stop re-scanning it.
-            gc.collect()
-            gc.freeze()
+        freezer = asyncio.create_task(_freeze_when_ready(models)) if settings.gc_freeze else None
         log.info(
             "serving %s@%s from %s",
             settings.model_name,
@@ -124,6 +132,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if freezer is not None:
+                freezer.cancel()
             # uvicorn has answered every in-flight request by now: what they priced is queued.
             if prediction_log is not None:
                 await asyncio.to_thread(prediction_log.close, settings.shutdown_timeout)
