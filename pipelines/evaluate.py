@@ -1,12 +1,15 @@
-"""Stage ``evaluate``: score the trained model on the holdout, plot it, and run the promotion gate.
+"""Stage ``evaluate``: score the trained model on the holdout, log it to MLflow, run the gate.
 
-Writes DVC metrics (``reports/metrics.json``), per-segment errors (``reports/segments.json``),
-plot data (``reports/predictions.csv``) and images (``reports/plots/*.png``), logs them all to
-the training run in MLflow, then registers the model and applies :mod:`pipelines.promotion`
-(``reports/promotion.json``). During a DVC experiment the gate's verdict is recorded but
-``production`` never moves. The metrics and plots are committed with git (DVC's convention, so
-``dvc exp show`` and ``dvc metrics diff`` compare revisions); ``promotion.json`` depends on the
-registry and is not tracked.
+Reads the model ``train`` pickled (``models/model.pkl``, checked against the fingerprint in
+``models/train.json``), writes DVC metrics (``reports/metrics.json``), per-segment errors
+(``reports/segments.json``), plot data (``reports/predictions.csv``) and images
+(``reports/plots/*.png``), then logs one MLflow run: the params, the CV and holdout metrics,
+the model with its signature, data contract and drift reference sample, and these reports.
+It registers the model and applies :mod:`pipelines.promotion` (``reports/promotion.json``).
+MLflow is imported only here, after the scoring. During a DVC experiment the gate's verdict is
+recorded but ``production`` never moves. The metrics and plots are committed with git (DVC's
+convention, so ``dvc exp show`` and ``dvc metrics diff`` compare revisions); ``promotion.json``
+depends on the registry and is not tracked.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pipelines.params import load_environment, load_params
 from pipelines.preprocess import PROCESSED
 from pipelines.progress import Progress
 from pipelines.threads import limit_openmp
-from pipelines.train import RUN_INFO, split_xy
+from pipelines.train import MODEL_FILE, RUN_INFO, ModelFileError, load_model, log_run, split_xy
+from pipelines.validate import contract_from
 
 REPORTS = Path("reports")
 PLOTS = REPORTS / "plots"
@@ -98,20 +102,25 @@ def feature_importance(model: Any, x: pd.DataFrame, y: np.ndarray, seed: int) ->
 
     Each feature is shuffled 3 times; all the shuffled copies are scored in one ``predict``
     call (the booster walks its trees once for all of them, not 48 times for small batches).
+    The sample is encoded once and its encoded columns are shuffled: the encoding maps each
+    cell on its own, so this equals shuffling the raw column, without encoding 98,000 rows.
     """
     repeats = 3
     n = min(2_000, len(x))
     sample = x.sample(n=n, random_state=seed)
     target = y[x.index.get_indexer(sample.index)]
     rng = np.random.default_rng(seed)
-    copies = []
+    columns, regressor = model[:-1], model[-1]
+    encoded = np.asarray(columns.transform(sample))
+    position = {str(name): i for i, name in enumerate(columns.get_feature_names_out())}
+    copies = [encoded]
     for column in FEATURES:
-        values = sample[column].to_numpy()
+        j = position[column]
         for _ in range(repeats):
-            shuffled = sample.copy()
-            shuffled[column] = values[rng.permutation(n)]
+            shuffled = encoded.copy()
+            shuffled[:, j] = encoded[rng.permutation(n), j]
             copies.append(shuffled)
-    predicted = np.asarray(model.predict(pd.concat([sample, *copies], ignore_index=True)))
+    predicted = np.asarray(regressor.predict(np.concatenate(copies)))
     errors = np.abs(predicted.reshape(-1, n) - target).mean(axis=1)
     increase = errors[1:].reshape(len(FEATURES), repeats).mean(axis=1) - errors[0]
     return pd.Series(increase, index=list(FEATURES)).sort_values()
@@ -128,7 +137,9 @@ def plot_all(y: np.ndarray, predicted: np.ndarray, importance: pd.Series, out_di
     idx = rng.choice(len(y), size=min(PLOT_ROWS, len(y)), replace=False)
     ys, ps = y[idx], predicted[idx]
 
+    # Fixed margins instead of tight_layout(), which draws each figure once more to measure it.
     fig, ax = plt.subplots(figsize=(6, 6))
+    fig.subplots_adjust(left=0.14, right=0.96, bottom=0.1, top=0.94)
     ax.scatter(ys, ps, s=4, alpha=0.3)
     top = float(max(ys.max(), ps.max()))
     ax.plot([0, top], [0, top], color="black", linewidth=1, label="perfect")
@@ -136,49 +147,41 @@ def plot_all(y: np.ndarray, predicted: np.ndarray, importance: pd.Series, out_di
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.legend()
-    fig.tight_layout()
     fig.savefig(out_dir / "predicted_vs_actual.png", dpi=100)
     plt.close(fig)
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.92, wspace=0.22)
     rel = (ps - ys) / ys * 100
     left.scatter(ys, rel, s=4, alpha=0.3)
     left.axhline(0, color="black", linewidth=1)
     left.set(xscale="log", xlabel="actual price (EUR)", ylabel="error (%)", title="Residuals")
     right.hist(np.clip(rel, -100, 100), bins=80)
     right.set(xlabel="error (%)", ylabel="listings", title="Error distribution")
-    fig.tight_layout()
     fig.savefig(out_dir / "residuals.png", dpi=100)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 6))
+    fig.subplots_adjust(left=0.24, right=0.96, bottom=0.1, top=0.94)
     ax.barh(importance.index, importance.to_numpy())
     ax.set(xlabel="increase in MAE when shuffled (EUR)", title="Permutation feature importance")
-    fig.tight_layout()
     fig.savefig(out_dir / "feature_importance.png", dpi=100)
     plt.close(fig)
 
 
 def main() -> int:
-    """DVC entry point: evaluate, log to the training run, register and gate."""
-    import mlflow
-
-    from pipelines import tracking
-    from pipelines.promotion import register_and_gate
-
+    """DVC entry point: evaluate, log the run with the model, register and gate."""
     progress = Progress("evaluate")
     params = load_params()
     environment = load_environment()
+    contract = contract_from(params)
     trained = json.loads(RUN_INFO.read_text(encoding="utf-8"))
-    with progress.step("find the training run in MLflow"):
-        experiment_id = tracking.configure()
+    with progress.step(f"load {MODEL_FILE}"):
         try:
-            run_info = tracking.find_run(trained["fingerprint"], experiment_id)
-        except tracking.RunNotFoundError as exc:
+            model = load_model(trained["fingerprint"])
+        except ModelFileError as exc:
             print(f"evaluate: {exc}", file=sys.stderr)
             return 1
-    with progress.step(f"load the model of run {run_info['run_id']}"):
-        model = mlflow.sklearn.load_model(run_info["model_uri"])
 
     with progress.step("score the holdout and a linear baseline"):
         train = pd.read_parquet(PROCESSED / "train.parquet")
@@ -218,17 +221,46 @@ def main() -> int:
             ),
         )
 
-    with (
-        progress.step("log holdout metrics and plots to the run"),
-        mlflow.start_run(run_id=run_info["run_id"]),
+    with progress.step("import MLflow"):
+        import mlflow
+
+        from pipelines import tracking
+        from pipelines.promotion import register_and_gate
+    git_commit = tracking.git_commit()
+    with progress.step(
+        f"log the run, the model and the reports to MLflow ({tracking.tracking_uri()})"
     ):
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
-        mlflow.log_artifacts(str(PLOTS), artifact_path="plots")
-        mlflow.log_artifact(str(REPORTS / "segments.json"))
-        mlflow.log_artifact(str(REPORTS / "feature_importance.json"))
+        tracking.configure()
+        tags = {
+            "stage": "train",
+            "model_family": "hist_gradient_boosting",
+            tracking.FINGERPRINT_TAG: trained["fingerprint"],
+        }
+        for key, value in (
+            ("git_commit", git_commit),
+            ("dvc_data_md5", tracking.dvc_data_hash()),
+            ("dvc_exp_name", environment.experiment),
+        ):
+            if value:
+                tags[key] = value
+        reference = pd.read_parquet(PROCESSED / "reference.parquet", columns=list(FEATURES))
+        run_info = log_run(
+            model,
+            params,
+            contract,
+            trained["metrics"] | {f"holdout_{k}": v for k, v in metrics.items()},
+            split_xy(train.head(5))[0],
+            reference,
+            tags,
+            artifacts=[
+                (PLOTS, "plots"),
+                (REPORTS / "segments.json", None),
+                (REPORTS / "feature_importance.json", None),
+            ],
+        )
+    progress.say(f"MLflow run {run_info['run_id']}, model {run_info['model_id']}")
 
     with progress.step("register the model and apply the promotion gate"):
-        tags = {k: v for k, v in (("git_commit", tracking.git_commit()),) if v}
         decision = register_and_gate(
             model_uri=run_info["model_uri"],
             run_id=run_info["run_id"],
@@ -237,7 +269,7 @@ def main() -> int:
             x=x,
             y=y_series,
             min_improvement=params.evaluate.min_improvement,
-            tags=tags,
+            tags={"git_commit": git_commit} if git_commit else {},
             experiment=environment.experiment,
             baseline_rev=environment.dvc_exp_baseline_rev,
         )

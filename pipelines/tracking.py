@@ -1,5 +1,4 @@
-"""MLflow tracking for the pipeline: where runs go, the provenance tags they carry, and finding
-the run that logged a trained model.
+"""MLflow tracking for the pipeline: where runs go and the provenance tags they carry.
 
 The embedded default is SQLite at ``mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``;
 ``MLFLOW_TRACKING_URI`` (read in :mod:`pipelines.params`) points everything at a tracking server.
@@ -10,7 +9,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -21,10 +19,6 @@ ARTIFACT_ROOT = Path("mlruns/artifacts")
 EXPERIMENT = "car-price"
 FINGERPRINT_TAG = "model_fingerprint"
 """Run tag holding the sha256 of the fitted model (``models/train.json`` records the same)."""
-
-
-class RunNotFoundError(LookupError):
-    """No MLflow run logged the model that ``models/train.json`` describes."""
 
 
 def tracking_uri() -> str:
@@ -53,33 +47,6 @@ def configure(experiment: str = EXPERIMENT) -> str:
         exp_id = mlflow.create_experiment(experiment, artifact_location=location)
     mlflow.set_experiment(experiment_id=exp_id)
     return str(exp_id)
-
-
-def find_run(fingerprint: str, experiment_id: str) -> dict[str, str]:
-    """The newest run that logged the model with ``fingerprint``.
-
-    Returns:
-        ``run_id`` and ``model_uri`` of that run's model.
-
-    Raises:
-        RunNotFoundError: no run in the experiment carries the fingerprint (e.g. another tracking
-            store than the one ``train`` logged to).
-    """
-    from mlflow import MlflowClient
-
-    runs = MlflowClient().search_runs(
-        [experiment_id],
-        filter_string=f"tags.{FINGERPRINT_TAG} = '{fingerprint}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    if not runs or "model_id" not in runs[0].data.tags:
-        raise RunNotFoundError(
-            f"no MLflow run in {tracking_uri()} logged the model in models/train.json "
-            f"({FINGERPRINT_TAG} {fingerprint[:12]}); run `dvc repro --force train`"
-        )
-    run: Any = runs[0]
-    return {"run_id": run.info.run_id, "model_uri": f"models:/{run.data.tags['model_id']}"}
 
 
 def pipeline_outputs(dvc_yaml: Path = Path("dvc.yaml")) -> list[str]:

@@ -1,4 +1,4 @@
-"""Stage ``train``: fit the price model, cross-validate it and log it to MLflow as one run.
+"""Stage ``train``: cross-validate the price model, fit it on all training rows, hand it on.
 
 The model is a scikit-learn Pipeline: categorical columns are encoded to ordinals (missing and
 unknown values become NaN), numeric columns pass through, and a HistGradientBoostingRegressor
@@ -6,12 +6,12 @@ with native categorical support fits ``log(price)`` (errors in car prices are mu
 Missing values are imputed inside the booster: each split learns which side missing values go
 to, which beats a constant fill for values that are missing at random.
 
-The run carries the params, cross-validated metrics, the model with its signature and input
-example, the data contract and the drift reference sample (as model artifacts, so serving gets
-them with the model), and the git commit, DVC data hash and the model's fingerprint (sha256
-of its pickle) as tags. ``models/train.json`` holds only the fingerprint and the CV metrics,
+The stage writes the fitted model as a pickle (``models/model.pkl``, a DVC-cached output) and
+``models/train.json``: the model's fingerprint (sha256 of that pickle) and the CV metrics,
 which the data, params and code determine (training is seeded), so a re-run on the same inputs
-writes the same bytes and ``dvc.lock`` does not change; ``evaluate`` finds the run by the tag.
+writes the same bytes and ``dvc.lock`` does not change. It does not import MLflow (~4-5 s):
+``evaluate`` logs the run with :func:`log_run` (params, CV and holdout metrics, the model with
+its signature, input example, data contract and drift reference sample) and registers it.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import pickle
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +35,17 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OrdinalEncoder
 
-from pipelines.atomic import write_text
+from pipelines.atomic import atomic_path, write_text
 from pipelines.contract import CATEGORICAL, FEATURES, NUMERICAL, TARGET, DataContract
-from pipelines.params import Params, TrainParams, load_environment, load_params
+from pipelines.params import Params, TrainParams, load_params
 from pipelines.preprocess import PROCESSED
 from pipelines.progress import Progress
-from pipelines.threads import limit_openmp
+from pipelines.threads import concurrent_fits, limit_openmp
 from pipelines.validate import contract_from
 
 RUN_INFO = Path("models/train.json")
+MODEL_FILE = Path("models/model.pkl")
+"""The fitted Pipeline, pickled: only this pipeline writes and reads it (evaluate)."""
 
 
 def build_model(params: TrainParams, contract: DataContract) -> Any:
@@ -102,33 +106,41 @@ def cross_validated_metrics(
     y: pd.Series,
     params: TrainParams,
     progress: Progress | None = None,
+    pool: Executor | None = None,
 ) -> dict[str, float]:
     """K-fold RMSE/MAE/R² (mean and std over folds); empty when ``cv_folds`` < 2.
 
     Each fold prints its scores, boosting iterations and time to ``progress`` when given.
+    With ``pool`` the folds are fitted as its tasks (see :func:`pipelines.threads.concurrent_fits`),
+    else one after the other; the scores are the same either way (every fit is seeded).
     """
     from sklearn.base import clone
 
     if params.cv_folds < 2:
         return {}
     folds = KFold(params.cv_folds, shuffle=True, random_state=params.seed)
-    scores: dict[str, list[float]] = {"rmse": [], "mae": [], "r2": []}
     y_values = y.to_numpy(dtype=np.float64)
-    for i, (fit_idx, test_idx) in enumerate(folds.split(x), start=1):
+
+    def run_fold(i: int, fit_idx: np.ndarray, test_idx: np.ndarray) -> dict[str, float]:
         started = time.perf_counter()
         with limit_openmp(len(fit_idx)):
             fitted = clone(model).fit(x.iloc[fit_idx], y.iloc[fit_idx])
-        fold = _fold_scores(y_values[test_idx], np.asarray(fitted.predict(x.iloc[test_idx])))
-        for name, value in fold.items():
-            scores[name].append(value)
+            predicted = np.asarray(fitted.predict(x.iloc[test_idx]))
+        fold = _fold_scores(y_values[test_idx], predicted)
         if progress is not None:
             progress.say(
                 f"CV fold {i}/{params.cv_folds}: {iterations(fitted)} boosting iterations, "
                 f"RMSE {fold['rmse']:.0f}, MAE {fold['mae']:.0f}, R² {fold['r2']:.4f} "
                 f"({time.perf_counter() - started:.1f} s)"
             )
+        return fold
+
+    splits = list(zip(*folds.split(x), strict=True))
+    numbers = range(1, params.cv_folds + 1)
+    results = list((pool.map if pool else map)(run_fold, numbers, *splits))
     out = {}
-    for name, values in scores.items():
+    for name in ("rmse", "mae", "r2"):
+        values = [fold[name] for fold in results]
         out[f"cv_{name}"] = float(np.mean(values))
         out[f"cv_{name}_std"] = float(np.std(values))
     return out
@@ -150,10 +162,42 @@ def fit(params: TrainParams, contract: DataContract, x: pd.DataFrame, y: pd.Seri
         return build_model(params, contract).fit(x, y)
 
 
-def fingerprint(model: Any) -> str:
-    """sha256 of the fitted model's pickle: equal for equal models (training is seeded), so it
-    identifies the model in ``models/train.json`` without a volatile MLflow run id."""
-    return hashlib.sha256(pickle.dumps(model, protocol=5)).hexdigest()
+class ModelFileError(ValueError):
+    """``models/model.pkl`` is not the model ``models/train.json`` describes."""
+
+
+def save_model(model: Any, path: Path = MODEL_FILE) -> str:
+    """Pickle the fitted model to ``path`` (atomically).
+
+    Returns:
+        The model's fingerprint: sha256 of the pickle, equal for equal models (training is
+        seeded), so it identifies the model in ``models/train.json`` without an MLflow run id.
+    """
+    blob = pickle.dumps(model, protocol=5)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def load_model(fingerprint: str, path: Path = MODEL_FILE) -> Any:
+    """The model :func:`save_model` wrote, refused unless its sha256 is ``fingerprint``.
+
+    Only this pipeline's own ``train`` output is unpickled, and only when it is the very file
+    ``models/train.json`` recorded (a stale or foreign file never gets loaded).
+
+    Raises:
+        ModelFileError: the file is missing or is not the recorded model.
+    """
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ModelFileError(f"{path} cannot be read ({exc}); run `dvc repro train`") from exc
+    if hashlib.sha256(blob).hexdigest() != fingerprint:
+        raise ModelFileError(
+            f"{path} is not the model in {RUN_INFO} (fingerprint {fingerprint[:12]}); "
+            "run `dvc repro --force train`"
+        )
+    return pickle.loads(blob)  # noqa: S301 - the pipeline's own output, checked above
 
 
 def signature_for(contract: DataContract) -> Any:
@@ -210,8 +254,13 @@ def log_run(
     example: pd.DataFrame,
     reference: pd.DataFrame,
     tags: dict[str, str],
+    artifacts: Sequence[tuple[Path, str | None]] = (),
 ) -> dict[str, str]:
     """Log params, metrics, tags and the model (with contract and reference sample) as one run.
+
+    Args:
+        artifacts: more files or folders for the run, each with its artifact folder (None: the
+            run's root), e.g. the holdout plots and reports ``evaluate`` makes.
 
     Returns:
         ``run_id``, ``model_uri`` and ``model_id`` of the logged model.
@@ -240,52 +289,44 @@ def log_run(
             metadata={"feature_columns": list(FEATURES), "target": TARGET},
         )
         mlflow.log_artifact(str(contract_path))
+        for path, folder in artifacts:
+            if path.is_dir():
+                mlflow.log_artifacts(str(path), artifact_path=folder)
+            else:
+                mlflow.log_artifact(str(path), artifact_path=folder)
         mlflow.set_tag("model_id", info.model_id)
     return {"run_id": run.info.run_id, "model_uri": info.model_uri, "model_id": info.model_id}
 
 
 def main() -> int:
-    """DVC entry point: train, log to MLflow, record the model's fingerprint for ``evaluate``."""
-    from pipelines import tracking
-
+    """DVC entry point: cross-validate, fit, write the model and its fingerprint."""
     progress = Progress("train")
     params = load_params()
     contract = contract_from(params)
-    with progress.step("read data/processed/train.parquet and reference.parquet"):
-        train_df = pd.read_parquet(PROCESSED / "train.parquet")
-        reference = pd.read_parquet(PROCESSED / "reference.parquet")
-        x, y = split_xy(train_df)
-    with progress.step(f"{params.train.cv_folds}-fold cross-validation on {len(x):,} rows"):
-        metrics = cross_validated_metrics(
-            build_model(params.train, contract), x, y, params.train, progress
+    with progress.step("read data/processed/train.parquet"):
+        x, y = split_xy(pd.read_parquet(PROCESSED / "train.parquet"))
+
+    def fit_all() -> Any:
+        started = time.perf_counter()
+        model = fit(params.train, contract, x, y)
+        progress.say(
+            f"fit on all {len(x):,} rows: {iterations(model)} boosting iterations "
+            f"(max {params.train.max_iter}) ({time.perf_counter() - started:.1f} s)"
         )
-    started = time.perf_counter()
-    model = fit(params.train, contract, x, y)
-    progress.say(
-        f"fit on all {len(x):,} rows: {iterations(model)} boosting iterations "
-        f"(max {params.train.max_iter}) ({time.perf_counter() - started:.1f} s)"
-    )
+        return model
+
+    workers = concurrent_fits(len(x))
+    what = f"{params.train.cv_folds}-fold cross-validation and the fit on all {len(x):,} rows"
+    with progress.step(f"{what} ({workers} at a time)"), ThreadPoolExecutor(workers) as pool:
+        final = pool.submit(fit_all)  # first: it is the longest fit
+        metrics = cross_validated_metrics(
+            build_model(params.train, contract), x, y, params.train, progress, pool
+        )
+        model = final.result()
     metrics["train_rows"] = float(len(x))
-    model_hash = fingerprint(model)
-    with progress.step(f"log the run and the model to MLflow ({tracking.tracking_uri()})"):
-        tracking.configure()
-        tags = {
-            "stage": "train",
-            "model_family": "hist_gradient_boosting",
-            tracking.FINGERPRINT_TAG: model_hash,
-        }
-        for key, value in (
-            ("git_commit", tracking.git_commit()),
-            ("dvc_data_md5", tracking.dvc_data_hash()),
-            ("dvc_exp_name", load_environment().experiment),
-        ):
-            if value:
-                tags[key] = value
-        example = x.head(5)
-        run = log_run(model, params, contract, metrics, example, reference[list(FEATURES)], tags)
+    model_hash = save_model(model)
     # Only what the data, params and code determine: no run id, so dvc.lock stays put.
     write_text(RUN_INFO, json.dumps({"fingerprint": model_hash, "metrics": metrics}, indent=2))
-    progress.say(f"MLflow run {run['run_id']}, model {run['model_id']}")
     progress.done(
         f"CV RMSE {metrics.get('cv_rmse', float('nan')):.0f}, "
         f"MAE {metrics.get('cv_mae', float('nan')):.0f}"

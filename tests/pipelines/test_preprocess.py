@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipelines.contract import DataContract
 from pipelines.params import PreprocessParams
@@ -54,6 +55,22 @@ def test_split_is_seeded_and_disjoint(listings: pd.DataFrame) -> None:
     assert not set(train.index) & set(test.index)
     assert len(ref) == 500
     assert set(ref.index) <= set(train.index)
+
+
+@pytest.mark.parametrize(
+    ("rows", "test_size", "seed"), [(3_000, 0.2, 42), (2_999, 0.33, 7), (101, 0.5, 1)]
+)
+def test_split_is_scikit_learns_train_test_split(
+    listings: pd.DataFrame, rows: int, test_size: float, seed: int
+) -> None:
+    from sklearn.model_selection import train_test_split
+
+    df = listings.head(rows)
+    train, test, _ = split(df, PreprocessParams(test_size=test_size, seed=seed))
+    expected_train, expected_test = train_test_split(df, test_size=test_size, random_state=seed)
+    assert train.equals(expected_train)
+    assert test.equals(expected_test)
+    assert train.index.equals(expected_train.index)
 
 
 def test_reference_is_capped_by_train_size(listings: pd.DataFrame) -> None:
