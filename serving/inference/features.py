@@ -25,6 +25,9 @@ Row = dict[str, str | float | None]
 
 MAX_CATEGORY_LENGTH = 64
 """Longest accepted categorical value (the longest in the catalogue is ~20 characters)."""
+NUL = "\x00"
+"""Never accepted in a categorical value: no car's brand holds it, and the prediction log's
+PostgreSQL text columns cannot store it."""
 
 
 @dataclass(frozen=True, slots=True)

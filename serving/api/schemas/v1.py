@@ -17,6 +17,7 @@ from typing import Annotated, Any, NotRequired, Required
 
 import numpy as np
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -37,6 +38,7 @@ from serving.inference.features import (
     FEATURE_NAMES,
     FEATURES,
     MAX_CATEGORY_LENGTH,
+    NUL,
     Feature,
     Row,
     make_row,
@@ -64,9 +66,18 @@ EXAMPLE_CAR: dict[str, Any] = {
 }
 
 
-NOT_BLANK = "[^\\s\\u0085]|\\ufeff"
-"""JSON Schema (ECMA) pattern of "not blank once trimmed": pydantic trims Unicode White_Space,
-which is ECMA's ``\\s`` with U+0085 and without U+FEFF."""
+NOT_BLANK = "^[^\\u0000]*(?:[^\\s\\u0085\\u0000]|\\ufeff)[^\\u0000]*$"
+"""JSON Schema (ECMA) pattern of a category: "not blank once trimmed" (pydantic trims Unicode
+White_Space, which is ECMA's ``\\s`` with U+0085 and without U+FEFF) and no NUL anywhere."""
+
+
+def _no_nul(value: str) -> str:
+    if NUL in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+NoNul = AfterValidator(_no_nul)
 
 
 def _number(value: Any) -> Any:
@@ -105,14 +116,14 @@ class Car(BaseModel):
         json_schema_extra={"examples": [EXAMPLE_CAR]},
     )
 
-    brand: str = _field("brand")
-    model: str = _field("model")
-    fuel_type: str = _field("fuel_type")
-    transmission: str = _field("transmission")
-    body_type: str | None = _field("body_type")
-    seller_type: str = _field("seller_type")
-    owner_type: str | None = _field("owner_type")
-    color: str | None = _field("color")
+    brand: Annotated[str, NoNul] = _field("brand")
+    model: Annotated[str, NoNul] = _field("model")
+    fuel_type: Annotated[str, NoNul] = _field("fuel_type")
+    transmission: Annotated[str, NoNul] = _field("transmission")
+    body_type: Annotated[str, NoNul] | None = _field("body_type")
+    seller_type: Annotated[str, NoNul] = _field("seller_type")
+    owner_type: Annotated[str, NoNul] | None = _field("owner_type")
+    color: Annotated[str, NoNul] | None = _field("color")
     year: Annotated[int, Number] = _field("year")
     km_driven: Annotated[int, Number] = _field("km_driven")
     engine_cc: Annotated[int | None, Number] = _field("engine_cc")
@@ -131,7 +142,7 @@ def _strict_field(name: str) -> Any:
     f = BY_NAME[name]
     base: Any
     if f.kind == "categorical":
-        base = Annotated[StrictStr, Field(min_length=1, max_length=MAX_CATEGORY_LENGTH)]
+        base = Annotated[StrictStr, Field(min_length=1, max_length=MAX_CATEGORY_LENGTH), NoNul]
     else:
         kind = StrictInt if f.kind == "integer" else StrictFloat
         base = Annotated[kind, Field(ge=f.min, le=f.max)]
@@ -208,7 +219,7 @@ _NUMBER_TYPES = {
 }
 _TEXT_TYPES = {False: frozenset((str,)), True: frozenset((str, _NONE))}
 _CATEGORY: TypeAdapter[str] = TypeAdapter(
-    Annotated[StrictStr, Field(min_length=1, max_length=MAX_CATEGORY_LENGTH)],
+    Annotated[StrictStr, Field(min_length=1, max_length=MAX_CATEGORY_LENGTH), NoNul],
     config=ConfigDict(str_strip_whitespace=True),
 )
 _KNOWN_MAX = 100_000

@@ -33,7 +33,7 @@ from serving.errors import (
     validation_details,
 )
 from serving.inference.cars import Cars
-from serving.inference.features import BY_NAME, FEATURES, MAX_CATEGORY_LENGTH, Feature
+from serving.inference.features import BY_NAME, FEATURES, MAX_CATEGORY_LENGTH, NUL, Feature
 
 MAX_NAME = 64
 
@@ -385,7 +385,7 @@ def _text(flat: list[Any], f: Feature) -> _Flat:
                 refused.add(v)
             continue
         s = str(v).strip()
-        if not 1 <= len(s) <= MAX_CATEGORY_LENGTH:
+        if not 1 <= len(s) <= MAX_CATEGORY_LENGTH or NUL in s:
             refused.add(v)
         elif s != v:
             stripped[v] = s
@@ -402,6 +402,8 @@ def _value_error(i: int, v: Any, f: Feature) -> str:
     if v is None:
         return f"row {i}: null, but the input is required"
     if not f.numeric:
+        if NUL in str(v):
+            return f"row {i}: must not contain a NUL character"
         return f"row {i}: must be 1-{MAX_CATEGORY_LENGTH} characters"
     x = float(v)
     if not math.isfinite(x):

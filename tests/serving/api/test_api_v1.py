@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -159,6 +160,8 @@ def test_request_id_is_taken_from_the_client_and_returned(client: TestClient) ->
         ("brand", ""),
         ("brand", "   "),
         ("brand", "B" * 65),
+        ("brand", "Toy\x00ota"),  # a NUL: PostgreSQL text (the prediction log) cannot hold it
+        ("color", "\x00"),
         ("brand", None),
         ("brand", 7),
         ("year", None),
@@ -170,6 +173,25 @@ def test_invalid_field_is_a_422_naming_the_field(
     error = error_of(client.post("/v1/predict", json=CAR | {field: value}), 422, "invalid_request")
     assert [d["loc"] for d in error["details"]] == [f"body.{field}"]
     assert field in error["message"]
+
+
+@pytest.mark.parametrize("others", [0, 5])  # 5 valid cars: the column-wise path
+def test_a_nul_in_a_category_of_a_batch_is_a_422_naming_the_car_and_field(
+    client: TestClient, others: int
+) -> None:
+    batch = [CAR] * others + [CAR | {"model": "Corolla\x00"}]
+    error = error_of(client.post("/v1/predict/batch", json=batch), 422, "invalid_request")
+    assert [d["loc"] for d in error["details"]] == [f"body.{others}.model"]
+    assert "NUL" in error["message"]
+
+
+def test_the_openapi_pattern_of_a_category_refuses_a_nul(client: TestClient) -> None:
+    car = client.get("/openapi.json").json()["components"]["schemas"]["Car"]["properties"]
+    pattern = re.compile(car["brand"]["pattern"])
+    assert pattern.search("Toyota")
+    assert pattern.search(" Toyota ")
+    assert not pattern.search("Toy\x00ota")
+    assert not pattern.search("  ")
 
 
 def test_missing_required_field_and_unknown_field_are_named(client: TestClient) -> None:

@@ -198,6 +198,7 @@ def _with(body: dict[str, Any], name: str, **changes: Any) -> dict[str, Any]:
         (lambda b: _with(b, "km_driven", shape=[1, 2]), "inputs.km_driven"),
         (lambda b: _with(b, "brand", data=[""]), "inputs.brand"),
         (lambda b: _with(b, "brand", data=["B" * 65]), "inputs.brand"),
+        (lambda b: _with(b, "brand", data=["Toy\x00ota"]), "inputs.brand"),
         (lambda b: _with(b, "year", datatype="BOOL"), "body.inputs"),
         (lambda b: _with(b, "year", data=["2019"]), "body.inputs"),
         (lambda b: _with(b, "year", datatype="INT64", data=[2019.0]), "body.inputs"),
