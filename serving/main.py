@@ -23,10 +23,11 @@ from pydantic_settings.exceptions import SettingsError
 from starlette.types import ASGIApp
 
 from serving.api import openapi
-from serving.api.bodies import JsonLimits
+from serving.api.bodies import JsonLimits, max_body_of
 from serving.api.errors import install_error_handlers
 from serving.api.fastlane import FastLane
 from serving.api.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from serving.api.refusals import Tarpit
 from serving.api.routers import admin, auth, monitoring, v1, v2
 from serving.api.security import close_auth, install, open_auth
 from serving.inference.batching import MicroBatcher
@@ -155,6 +156,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # request while any override is set (~1 ms a request).
     app.state.settings = settings
     app.state.json_limits = JsonLimits.from_settings(settings)
+    app.state.tarpit = Tarpit(settings.refusal_delay, settings.refusal_hold_max)
+    body_limit = functools.partial(
+        max_body_of, small=settings.max_small_body_bytes, large=settings.max_body_bytes
+    )
+    app.state.body_limit = body_limit
     install_error_handlers(app)
     install(app, settings)  # CORS, rate-limit headers, 401/403/429 mapping
     app.include_router(auth.router)
@@ -164,7 +170,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v2.router)
     # Added last = outermost of the stack behind the fast lane: the request id and access log
     # cover every request the lane hands over, 413s included.
-    app.add_middleware(BodySizeLimitMiddleware, limit=lambda: settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware, limit=body_limit, close_over=settings.max_body_bytes
+    )
     app.add_middleware(RequestContextMiddleware)
     instrumentator = Instrumentator(excluded_handlers=["/metrics"])
     instrumentator.add(http_instrumentation).instrument(app).expose(app, include_in_schema=False)
@@ -188,7 +196,7 @@ class CarpriceAPI(FastAPI):
             super().build_middleware_stack(),
             fastapi_app=self,
             enabled=settings.fast_lane,
-            max_body=settings.max_body_bytes,
+            body_limit=self.state.body_limit,
         )
 
 

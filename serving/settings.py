@@ -73,7 +73,13 @@ class Settings(BaseSettings):
     batch_max: int = Field(1000, ge=1)
     """Most cars in one /v1/predict/batch or /v2 infer request."""
     max_body_bytes: int = Field(1_048_576, ge=1024)
-    """Largest accepted request body (413 above it)."""
+    """Largest accepted request body of the routes taking lists of cars
+    (``/v1/predict/batch``, ``/v1/feedback``, ``/v2`` infer: 1,000 cars of up to ~1 KB each;
+    413 above it)."""
+    max_small_body_bytes: int = Field(16_384, ge=1024)
+    """Largest accepted body of every other route: one car (``/v1/predict``, ~0.3 KB, at most
+    ~4 KB with every category 64 escaped characters long), the login form, an admin request
+    (413 above it, decided on ``Content-Length`` before anything is read)."""
     max_json_values: int = Field(50_000, ge=100)
     """Most values and keys in one JSON body, counted from its commas and colons before it is
     parsed (413 above it). A full 1,000-car batch holds ~32,000."""
@@ -83,6 +89,14 @@ class Settings(BaseSettings):
     """Most keys in one JSON object (a car has 16)."""
     max_json_string: int = Field(1024, ge=256)
     """Longest string (or key) in a JSON body, in characters."""
+    refusal_delay: float = Field(1.0, ge=0, le=30)
+    """Seconds the answer to a refused request is held before it is sent (an asyncio sleep: no
+    CPU): a 401, a 413, a 422 ``limit_exceeded`` or ``invalid_json``
+    (:mod:`serving.api.refusals`). A client looping on refusals then gets one a second per
+    connection instead of thousands; 0 answers at once."""
+    refusal_hold_max: int = Field(128, ge=0)
+    """Most refused answers one worker holds at once; past it they are sent at once (the
+    memory of held connections stays bounded)."""
 
     # --- cache ---
     cache_url: str | None = None

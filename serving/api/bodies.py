@@ -6,9 +6,9 @@ rate limit (so a caller who has not proven who it is costs a header check, never
 
 1. :func:`read_json` reads it from ASGI ``receive``, counting each chunk's ``,`` and ``:`` as it
    arrives (C speed): a body holding more than ``max_values`` values is a 413 *as soon as the
-   part received proves it*, and the rest is never read (the connection is closed instead:
-   :class:`~serving.api.middleware.UnreadBodyMiddleware`). The byte limit (with or without
-   ``Content-Length``) is enforced before that by the lane's header check and
+   part received proves it*, and nothing parses the rest (its answer is held:
+   :mod:`serving.api.refusals`). The byte limit of the route (:func:`max_body_of`, with or
+   without ``Content-Length``) is enforced before that by the lane's header check and
    :class:`~serving.api.middleware.BodySizeLimitMiddleware`; a client that goes away mid-body
    raises :class:`~serving.errors.ClientDisconnected` (logged as 499, never a server error).
 2. Then orjson, a C parser, refuses what is not JSON (bad UTF-8, ``NaN``,
@@ -33,6 +33,21 @@ from starlette.types import Receive
 
 from serving.errors import ClientDisconnected, InvalidJson, LimitExceeded, PayloadTooLarge
 from serving.settings import Settings
+
+_LIST_ROUTES = frozenset(("/v1/predict/batch", "/v1/feedback"))
+
+
+def max_body_of(path: str, *, small: int, large: int) -> int:
+    """The byte limit of a request body to ``path``: ``large`` (``CARPRICE_MAX_BODY_BYTES``)
+    for the routes taking lists of cars (``/v1/predict/batch``, ``/v1/feedback``, ``/v2``
+    infer), ``small`` (``CARPRICE_MAX_SMALL_BODY_BYTES``, never more than ``large``) for every
+    other: one car, a login form, an admin request. Decided on the path alone, so that a body
+    over it is refused on its ``Content-Length`` before authentication and before a byte of it
+    is read."""
+    if path in _LIST_ROUTES or path.startswith("/v2/"):
+        return large
+    return min(small, large)
+
 
 MIN_ITEMS_LIMIT = 64
 """Arrays may always hold this many items (the /v2 ``inputs`` list), whatever ``batch_max``."""

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
+from serving.api.refusals import HELD_CODES, Refusal
 from serving.errors import (
     ClientDisconnected,
     FeedbackExists,
@@ -100,8 +101,10 @@ def error_response(
     details: Any = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    """A JSON response with the error body shape."""
-    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+    """A JSON response with the error body shape; a refusal (:data:`~serving.api.refusals.
+    HELD_CODES`) is a :class:`~serving.api.refusals.Refusal`, held before it is sent."""
+    cls = Refusal if code in HELD_CODES else JSONResponse
+    return cls(error_body(code, message, details), status_code=status, headers=headers)
 
 
 async def _on_serving_error(request: Request, exc: Exception) -> JSONResponse:

@@ -13,13 +13,14 @@ request id -> credentials (``X-API-Key`` or a bearer token: :func:`~serving.api.
 (:func:`~serving.api.bodies.read_json`, 413/422; a client gone mid-body is logged as 499) ->
 validation (:func:`~serving.api.schemas.v1.parse_car` / ``parse_cars``, 422) ->
 :class:`~serving.inference.prediction.PredictionService` -> the same response body and headers
--> the same HTTP metrics and access-log line. Nothing about the body is looked at before the
+(a refusal held first, as the stack holds it: :mod:`serving.api.refusals`) -> the same HTTP
+metrics and access-log line. Nothing about the body is looked at before the
 caller has proven who it is and been counted.
 
 A request whose *headers* it is not sure of goes to the FastAPI app untouched, before anything
 is read or counted: another path or method, no credentials header, a CORS request
 (``Origin``), a non-JSON ``Content-Type``, a ``Content-Encoding``, a body without
-``Content-Length`` or over the limit, a repeated credential or body header, dependency
+``Content-Length`` or over the route's limit, a repeated credential or body header, dependency
 overrides (tests), or ``CARPRICE_FAST_LANE=false``. Once it has taken a request it answers it,
 errors included, with the stack's own error mapping.
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fastapi import FastAPI
@@ -47,6 +48,7 @@ from serving.api.deps import check_model_name
 from serving.api.endpoints import V1_BATCH, V1_PREDICT, V2_INFER, Endpoint, run
 from serving.api.errors import error_response, serving_error_response
 from serving.api.middleware import REQUEST_ID_HEADER, log_access
+from serving.api.refusals import hold
 from serving.api.security import AccessControl, admit, check_role, handle_access_error
 from serving.errors import ServingError
 from serving.inference.prediction import PredictionService
@@ -133,7 +135,8 @@ class FastLane:
 
     ``fastapi_app`` is the app it fronts: its state (filled in by the lifespan) holds the
     prediction service and access control, and while it has dependency overrides (tests)
-    every request goes down the full stack. ``max_body`` is the body size limit.
+    every request goes down the full stack. ``body_limit`` gives a path's body size limit
+    (:func:`serving.api.bodies.max_body_of`).
     """
 
     def __init__(
@@ -142,12 +145,12 @@ class FastLane:
         *,
         fastapi_app: FastAPI,
         enabled: bool,
-        max_body: int,
+        body_limit: Callable[[str], int],
     ) -> None:
         self.app = app
         self.fastapi_app = fastapi_app
         self.enabled = enabled
-        self.max_body = max_body
+        self.body_limit = body_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = route_of(scope["path"]) if scope["type"] == "http" else None
@@ -174,7 +177,7 @@ class FastLane:
             not headers.takeable
             or headers.content_type not in _JSON
             or declared is None
-            or declared > self.max_body
+            or declared > self.body_limit(scope["path"])
             or (headers.api_key is None and headers.authorization is None)
             or access is None  # not started: the stack says why
             or service is None
@@ -191,6 +194,7 @@ class FastLane:
                 scope, receive, route, access, service, limits, headers, ctx
             )
             status = response.status_code
+            await hold(response, self.fastapi_app)
             sent = await _send(send, response, ctx.request_id)
         finally:
             duration = time.perf_counter() - started

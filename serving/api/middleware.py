@@ -4,10 +4,16 @@
   when it is a sane token, else a new one), returns it in ``X-Request-ID``, writes one JSON
   access-log line per request (method, path, status, latency, model version), and turns an
   unexpected exception into a logged 500 with the error body shape.
-* :class:`BodySizeLimitMiddleware` answers 413 to a body over the limit: at once when
-  ``Content-Length`` says so, else as soon as the bytes received pass it (chunked uploads, or
-  a client that sends no length), without reading the rest, and closes the connection (the
-  rest is never received just to be thrown away); and 415 at once to a
+* :class:`BodySizeLimitMiddleware` answers 413 to a body over its route's limit
+  (:func:`serving.api.bodies.max_body_of`): at once when ``Content-Length`` says so, else as
+  soon as the bytes received pass it (chunked uploads, or a client that sends no length),
+  without reading the rest. A body that may be larger than ``CARPRICE_MAX_BODY_BYTES`` (so
+  declared, or of no declared length) has its connection closed: the rest is never received
+  just to be thrown away. One declared within it (say 100 KB to the 16 KB ``/v1/predict``) is
+  drained after the answer instead: closing a socket the client is still writing to resets
+  it, and the client would see a connection reset rather than the 413 naming the limit; the
+  drain is bounded by the declared length, and the answer is held
+  (:mod:`serving.api.refusals`), so that a client cannot loop on it. And 415 at once to a
   ``Content-Encoding`` (the server decodes none: a gzip body would otherwise be read as
   JSON). Both look at headers only, so they come before authentication and cost nothing.
 """
@@ -31,9 +37,9 @@ access_log = logging.getLogger("serving.access_log")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _CLOSE = {"Connection": "close"}
-"""On a 413 for a body over the byte limit: uvicorn then closes the connection instead of
-reading the rest. (A body refused within the limit is drained: on a keep-alive connection
-that costs the server less CPU than the client's next connection, as measured.)"""
+"""On a 413 for a body that may pass ``CARPRICE_MAX_BODY_BYTES``: uvicorn then closes the
+connection instead of reading the rest. (A body refused within that is drained: on a keep-alive
+connection that costs the server less CPU than the client's next connection, as measured.)"""
 
 
 class RequestContextMiddleware:
@@ -115,24 +121,24 @@ class BodyTooLarge(HTTPException):
     """
 
     def __init__(self, limit: int) -> None:
-        super().__init__(
-            413, f"the body is larger than the limit of {limit} bytes", headers=dict(_CLOSE)
-        )
+        super().__init__(413, too_large_message(limit), headers=dict(_CLOSE))
 
 
 class BodySizeLimitMiddleware:
-    """413 for request bodies over ``limit()`` bytes, with or without ``Content-Length``;
-    415 for an encoded body."""
+    """413 for request bodies over ``limit(path)`` bytes, with or without ``Content-Length``
+    (closing the connection when the body may be larger than ``close_over`` bytes); 415 for an
+    encoded body."""
 
-    def __init__(self, app: ASGIApp, limit: Callable[[], int]) -> None:
+    def __init__(self, app: ASGIApp, limit: Callable[[str], int], close_over: int) -> None:
         self.app = app
         self.limit = limit
+        self.close_over = close_over
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.limit()
+        limit = self.limit(scope["path"])
         headers = Headers(scope=scope)
         encoding = headers.get("content-encoding")
         if encoding is not None and encoding.strip().lower() not in ("", "identity"):
@@ -140,7 +146,7 @@ class BodySizeLimitMiddleware:
             return
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(limit, close=int(declared) > self.close_over)(scope, receive, send)
             return
         received = 0
         started = False
@@ -166,7 +172,15 @@ class BodySizeLimitMiddleware:
             # Read outside FastAPI's handlers (e.g. by another middleware): answer here.
             if started:
                 raise
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(limit, close=True)(scope, receive, send)
+
+
+def too_large_message(limit: int) -> str:
+    """The message of a 413 for a body over the byte limit ``limit``."""
+    return (
+        f"the body is larger than this route's limit of {limit} bytes "
+        "(CARPRICE_MAX_BODY_BYTES for lists of cars, else CARPRICE_MAX_SMALL_BODY_BYTES)"
+    )
 
 
 def _unsupported_encoding(encoding: str) -> ASGIApp:
@@ -178,10 +192,10 @@ def _unsupported_encoding(encoding: str) -> ASGIApp:
     )
 
 
-def _too_large(limit: int) -> ASGIApp:
+def _too_large(limit: int, *, close: bool) -> ASGIApp:
     return error_response(
         413,
         "payload_too_large",
-        f"the body is larger than the limit of {limit} bytes",
-        headers=dict(_CLOSE),
+        too_large_message(limit),
+        headers=dict(_CLOSE) if close else None,
     )

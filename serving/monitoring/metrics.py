@@ -106,6 +106,13 @@ FAST_LANE = Counter(
     "FastAPI stack (handed_over: invalid input, bad credentials, CORS, ...).",
     ["outcome"],
 )
+REFUSALS = Counter(
+    "carprice_refusals",
+    "Refused requests (401, 413, 422 limit_exceeded / invalid_json) whose answer was held for "
+    "CARPRICE_REFUSAL_DELAY (held) or sent at once because CARPRICE_REFUSAL_HOLD_MAX answers "
+    "were already held (not_held).",
+    ["outcome"],
+)
 
 
 # The HTTP metrics, with the names, labels and buckets of prometheus-fastapi-instrumentator's

@@ -52,6 +52,7 @@ def make_settings(**overrides: Any) -> Settings:
         "cache_namespace": namespace("cache"),
         "cache_url": None,
         "ratelimit_url": None,
+        "refusal_delay": 0.0,  # refusals answered at once (test_hostile tests the tarpit)
     }
     values.update(overrides)
     return Settings(**values)

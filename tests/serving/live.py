@@ -200,6 +200,9 @@ def server_process(
         "CARPRICE_DATABASE_URL": database,
         "CARPRICE_BCRYPT_ROUNDS": "4",
         "CARPRICE_RATE_LIMIT": "1000000/minute",
+        # Refusals answered at once (schemathesis gets thousands): what is measured on this
+        # server is the cost of a refusal; the tarpit's own tests give a delay.
+        "CARPRICE_REFUSAL_DELAY": "0",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env |= {f"CARPRICE_{k.upper()}": v for k, v in settings.items()}

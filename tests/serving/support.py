@@ -109,6 +109,8 @@ def make_settings(registry: ServingRegistry | None, **overrides: Any) -> Setting
         # Each app gets its own user database; cheap hashing keeps the suite fast.
         "database_url": f"sqlite:///{tempfile.mkdtemp(prefix='carprice-users-')}/users.db",
         "bcrypt_rounds": 4,
+        # Refusals answered at once: the tarpit has its own tests (test_hostile).
+        "refusal_delay": 0.0,
     }
     values.update(overrides)
     return Settings(**values)

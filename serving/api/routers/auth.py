@@ -6,12 +6,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.exceptions import HTTPException
 
 from serving.access.principals import Role
 from serving.api.openapi import form_body
 from serving.api.schemas.errors import error_responses
 from serving.api.security import AccessDep, PrincipalDep, limit_login
-from serving.errors import InvalidRequest, invalid_features_from
+from serving.errors import InvalidRequest, LimitExceeded, invalid_features_from
 
 router = APIRouter(prefix="/v1/auth", tags=["auth"])
 
@@ -38,12 +39,29 @@ class LoginForm(BaseModel):
     client_secret: str | None = None
 
 
+LOGIN_FIELDS_MAX = len(LoginForm.model_fields)
+"""Most fields a login form may hold (those of the password grant): 422 ``limit_exceeded``
+past it, decided as the fields are parsed (the body is already within
+``CARPRICE_MAX_SMALL_BODY_BYTES``)."""
+
+
 async def login_form(
     request: Request, _counted: Annotated[None, Depends(limit_login)]
 ) -> LoginForm:
     """The login form, read and parsed only once the attempt was counted against the login
     rate limit (a form parameter would be read by FastAPI before any dependency runs)."""
-    form = await request.form(max_files=0, max_fields=len(LoginForm.model_fields))
+    try:
+        form = await request.form(max_files=0, max_fields=LOGIN_FIELDS_MAX)
+    except HTTPException:
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != "application/x-www-form-urlencoded":
+            raise  # multipart: a malformed one is Starlette's 400
+        # Starlette's 400 of a URL-encoded form: past max_fields, the only limit the body's
+        # size (CARPRICE_MAX_SMALL_BODY_BYTES) leaves reachable.
+        message = f"the login form holds more than {LOGIN_FIELDS_MAX} fields"
+        raise LimitExceeded(
+            message, [{"loc": "body", "msg": message, "type": "too_many_fields"}]
+        ) from None
     try:
         return LoginForm.model_validate(dict(form))
     except ValidationError as exc:

@@ -491,6 +491,22 @@ async def test_a_login_form_missing_a_field_is_a_422_naming_it(client: httpx.Asy
     assert {"username", "password"} <= set(form["required"])
 
 
+async def test_a_login_form_past_its_field_count_is_a_422_naming_the_limit(
+    client: httpx.AsyncClient,
+) -> None:
+    fields = {"username": "ann", "password": PASSWORD} | {f"x{i}": "1" for i in range(5)}
+    response = await client.post("/v1/auth/token", data=fields)  # 7 fields: one too many
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == "limit_exceeded"
+    assert "more than 6 fields" in response.json()["error"]
+    repeated = await client.post(
+        "/v1/auth/token",
+        content=b"&".join([b"username=ann"] * 1000),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert (repeated.status_code, repeated.json()["code"]) == (422, "limit_exceeded"), repeated
+
+
 async def test_per_principal_limit_is_shared_by_a_users_tokens_and_keys(
     sqlite_url: str, settings_for: Callable[..., Any]
 ) -> None:

@@ -22,9 +22,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.serving.live import ServerProcess, cpu_seconds, rss_bytes
+from tests.serving.live import ServerProcess, cpu_seconds, rss_bytes, server_process
 from tests.serving.probe import poll
-from tests.serving.support import CAR
+from tests.serving.support import CAR, ServingRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # setup: a model load
 
@@ -149,7 +149,7 @@ def test_deep_nesting_is_a_422_naming_the_limit(
     ("path", "body"),
     [
         ("/v1/predict/batch", ARRAY),
-        ("/v1/predict", KEYS),
+        (INFER, KEYS),  # to /v1/predict: over its 16 KB, a 413 on the header before anything
         ("/v1/predict/batch", DEEP),
         (INFER, ARRAY),
         ("/v1/admin/users", b"{not json"),
@@ -199,7 +199,7 @@ def _disconnect_mid_body(served: ServerProcess, path: str, request_id: str) -> N
     head = (
         f"POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
         f"X-API-Key: {served.key}\r\nX-Request-ID: {request_id}\r\n"
-        "Content-Length: 100000\r\n\r\n"
+        "Content-Length: 10000\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:
         sock.sendall(head + b'{"inputs": [' + b" " * 1000)
@@ -339,3 +339,93 @@ def test_sixteen_hostile_requests_at_once_neither_stall_nor_grow_the_worker(
     assert_probe_fast(latencies)
     growth = rss_bytes(worker) - rss
     assert growth < 50 * 2**20, f"worker RSS grew by {growth / 2**20:.0f} MB"
+
+
+# --- the tarpit: refused answers held (serving.api.refusals) ---
+
+DELAY = 3.0  # s; long beside what a loaded machine adds to an answer (the default is 1 s)
+HOLD_MAX = 8
+
+
+@pytest.fixture(scope="module")
+def tarpitted(
+    registry: ServingRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """``carprice serve`` holding refused answers ``DELAY`` s, at most ``HOLD_MAX`` at once."""
+    with server_process(
+        registry.uri,
+        tmp_path_factory.mktemp("tarpitted"),
+        refusal_delay=str(DELAY),
+        refusal_hold_max=str(HOLD_MAX),
+    ) as server:
+        yield server
+
+
+def _timed(send: Callable[[], httpx.Response]) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    answer = send()
+    return answer, time.monotonic() - started
+
+
+def test_a_refusal_loop_gets_one_answer_per_delay_and_costs_no_cpu_meanwhile(
+    tarpitted: ServerProcess,
+) -> None:
+    worker = tarpitted.workers()[0]
+    with httpx.Client(base_url=tarpitted.url, timeout=60) as looping:
+        cpu = cpu_seconds(worker)
+        answers = [
+            _timed(lambda: looping.post("/v1/predict/batch", content=ARRAY, headers=JSON | BOGUS))
+            for _ in range(3)
+        ]
+        held_cpu = cpu_seconds(worker) - cpu
+    for answer, took in answers:
+        assert (answer.status_code, answer.json()["code"]) == (401, "not_authenticated")
+        assert took >= DELAY * 0.95, f"a refusal answered after {took:.2f} s"
+    assert held_cpu / 3 < CPU_PER_REQUEST, f"{held_cpu / 3 * 1000:.1f} ms of CPU a refusal"
+
+
+def test_the_refusals_held_are_the_hostile_kinds_and_others_are_answered_at_once(
+    tarpitted: ServerProcess,
+) -> None:
+    key = JSON | _key(tarpitted)
+    held = {
+        "413 values": ("/v1/predict/batch", ARRAY, key, 413),
+        "413 one car": ("/v1/predict", json.dumps(CAR).encode() + b" " * 20_000, key, 413),
+        "422 too deep": (INFER, b"[" * 1_000 + b"]" * 1_000, key, 422),
+        "422 not json": ("/v1/predict", b"{not json", key, 422),
+        "401 no key": ("/v1/predict", b"{}", JSON, 401),
+    }
+    at_once = {
+        "200": ("/v1/predict", json.dumps(CAR).encode(), key, 200),
+        "422 out of range": ("/v1/predict", json.dumps(CAR | {"year": 1800}).encode(), key, 422),
+        "404": ("/v1/nowhere", b"{}", key, 404),
+    }
+    with httpx.Client(base_url=tarpitted.url, timeout=60) as client:
+        for name, (path, body, headers, status) in (held | at_once).items():
+            answer, took = _timed(lambda: client.post(path, content=body, headers=headers))  # noqa: B023
+            assert answer.status_code == status, (name, answer.text[:300])
+            if name in held:
+                assert took >= DELAY * 0.95, f"{name}: answered after {took:.2f} s"
+            else:
+                assert took < DELAY / 2, f"{name}: answered after {took:.2f} s"
+
+
+def test_past_the_hold_cap_refusals_are_answered_at_once_and_the_others_go_on(
+    tarpitted: ServerProcess,
+) -> None:
+    def refused(_: int) -> tuple[httpx.Response, float]:
+        with httpx.Client(base_url=tarpitted.url, timeout=60) as c:
+            return _timed(lambda: c.post("/v1/predict", content=b"{}", headers=JSON | BOGUS))
+
+    with ThreadPoolExecutor(2 * HOLD_MAX) as pool:
+        pending = [pool.submit(refused, i) for i in range(2 * HOLD_MAX)]
+        time.sleep(DELAY / 3)  # every refusal sent and waiting, or answered at once
+        with httpx.Client(base_url=tarpitted.url, timeout=60) as legit:
+            ok, took = _timed(lambda: legit.post("/v1/predict", json=CAR, headers=_key(tarpitted)))
+        answers = [p.result() for p in pending]
+    assert ok.status_code == 200, ok.text
+    assert took < DELAY / 2, f"a legit request took {took:.2f} s"
+    assert {a.status_code for a, _ in answers} == {401}
+    held = sum(took >= DELAY * 0.95 for _, took in answers)
+    assert held <= HOLD_MAX, f"{held} answers held, cap {HOLD_MAX}"
+    assert len(answers) - held >= HOLD_MAX, "past the cap, refusals must be answered at once"
