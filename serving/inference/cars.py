@@ -16,7 +16,7 @@ from typing import overload
 
 import orjson
 
-from serving.inference.features import FEATURE_NAMES, Row, values_bytes
+from serving.inference.features import FEATURE_NAMES, Row, row_values, values_bytes
 
 Value = str | float | None
 Column = list[Value]
@@ -38,7 +38,13 @@ class Cars(Sequence[Row]):
         makes them; an absent key is a missing value); a :class:`Cars` is returned as it is."""
         if isinstance(rows, Cars):
             return rows
-        return cls([[row.get(name) for row in rows] for name in FEATURE_NAMES], len(rows))
+        if not rows:
+            return cls([[] for _ in FEATURE_NAMES], 0)
+        try:  # transposed in C: a one-car request's columns in 1.9 us, not 4.4
+            values = list(map(row_values, rows))
+        except KeyError:  # a row without every key
+            return cls([[row.get(name) for row in rows] for name in FEATURE_NAMES], len(rows))
+        return cls([list(col) for col in zip(*values, strict=True)], len(rows))
 
     @classmethod
     def concat(cls, parts: Sequence[Cars]) -> Cars:
