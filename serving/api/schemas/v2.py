@@ -351,13 +351,27 @@ def _values(flats: Sequence[_Flat], features: Sequence[Feature | None]) -> list[
     return out
 
 
+_POSITION = {f.name: i for i, f in enumerate(FEATURES)}
+_BOUNDS = np.array(
+    [
+        [
+            -math.inf if f.min is None else f.min,
+            math.inf if f.max is None else f.max,
+            not f.nullable,
+            f.kind == "integer",
+        ]
+        for f in FEATURES
+    ]
+)
+"""Per feature (in feature order): lowest, highest value, required (1), integer (1)."""
+
+
 def _numbers(flats: list[list[Any]], features: list[Any]) -> list[_Flat]:
     """Numeric tensors of one length, as row values or the first bad row's error."""
     x = np.array(flats, dtype=np.float64)  # (tensors, rows); None -> NaN (JSON has no NaN)
-    low = np.array([[-math.inf if f.min is None else f.min] for f in features])
-    high = np.array([[math.inf if f.max is None else f.max] for f in features])
-    required = np.array([[not f.nullable] for f in features])
-    integer = np.array([[f.kind == "integer"] for f in features])
+    bounds = _BOUNDS[[_POSITION[f.name] for f in features]]
+    low, high = bounds[:, 0:1], bounds[:, 1:2]
+    required, integer = bounds[:, 2:3] == 1, bounds[:, 3:4] == 1
     missing = np.isnan(x)
     bad: np.ndarray = (x < low) | (x > high) | (missing & required)  # NaN compares False
     bad |= integer & ~missing & (x != np.floor(x))
