@@ -313,6 +313,32 @@ def test_redis_down_means_misses_within_the_timeout_then_the_breaker_skips_it(
         assert black_hole.connections >= 1
 
 
+def test_no_request_waits_for_the_breakers_trial_on_a_redis_that_never_answers(
+    black_hole: BlackHole,
+) -> None:
+    errors_before = counted("error")
+
+    async def scenario() -> tuple[float, str, str]:
+        cache = _redis_cache(f"redis://127.0.0.1:{black_hole.port}/0", timeout=3, reset=0.05)
+        for _ in range(3):
+            cache.breaker.failure()  # as if Redis had just failed 3 times
+        await asyncio.sleep(0.06)  # past the reset: the next read is the trial
+        started = time.perf_counter()
+        assert await cache.get_many(["a", "b"]) == [None, None]
+        assert await cache.get_many(["c"]) == [None]  # skipped while the trial runs
+        waited = time.perf_counter() - started
+        during = str(cache.breaker.state)
+        await cache.drain()  # the trial times out after 3 s
+        after = str(cache.breaker.state)
+        await cache.aclose()
+        return waited, during, after
+
+    waited, during, after = run(scenario())
+    assert waited < 1.5, waited  # a request waiting on the trial would wait its 3 s
+    assert (during, after) == ("half_open", "open")
+    assert counted("error") - errors_before == 1
+
+
 def test_redis_is_used_again_once_it_answers(redis_namespace: str) -> None:
     key = f"{redis_namespace}k"
 
