@@ -238,15 +238,15 @@ def cost(port: int, key: str, workers: list[int], requests: int) -> dict[str, An
     """Server CPU per request of each hostile kind, bogus and valid key: what a refusal costs
     the server, whatever the tarpit makes of the client's rate.
 
-    ``requests`` requests on 10 keep-alive connections at once, after one warm-up request on
-    each (it also opens the connection); the CPU is the workers', less what they spend idle
-    (timers, pollers: measured first, per second) over the same wall time (held answers make
-    it seconds), divided by the requests sent. ``wall_ms`` is the time until the last answer
-    (for held answers, a refusal delay per request of a connection).
+    One request on each of ``requests`` keep-alive connections at once, after one warm-up
+    request on each (it also opens the connection): the held answers then take one refusal
+    delay in all. The CPU is the workers', less what they spend idle (timers, pollers:
+    measured first, per second) over the same wall time, divided by the requests sent (with
+    few requests over seconds of holds, the idle CPU would outweigh them). ``wall_ms`` is the
+    time until the last answer.
     """
     out: dict[str, Any] = {}
-    connections = 10
-    each = max(1, requests // connections)
+    connections, each = requests, 1
     before, started = _cpu_s(workers), time.perf_counter()
     time.sleep(3)
     idle_per_s = (_cpu_s(workers) - before) / (time.perf_counter() - started)
@@ -456,7 +456,10 @@ def main() -> int:
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
-        "--cost-requests", type=int, default=30, help="requests per kind in the CPU cost pass"
+        "--cost-requests",
+        type=int,
+        default=50,
+        help="requests per kind in the CPU cost pass (each on its own connection, all at once)",
     )
     parser.add_argument("--temp-model", action="store_true", help="train a model here")
     parser.add_argument("--out", type=Path, default=RESULTS)
