@@ -317,12 +317,18 @@ def main() -> int:
 
     workers = concurrent_fits(len(x))
     what = f"{params.train.cv_folds}-fold cross-validation and the fit on all {len(x):,} rows"
-    with progress.step(f"{what} ({workers} at a time)"), ThreadPoolExecutor(workers) as pool:
-        final = pool.submit(fit_all)  # first: it is the longest fit
-        metrics = cross_validated_metrics(
-            build_model(params.train, contract), x, y, params.train, progress, pool
-        )
-        model = final.result()
+    unfitted = build_model(params.train, contract)
+    with progress.step(f"{what} ({workers} at a time)"):
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                final = pool.submit(fit_all)  # first: it is the longest fit
+                metrics = cross_validated_metrics(unfitted, x, y, params.train, progress, pool)
+                model = final.result()
+        else:
+            # In the main thread: a multi-threaded fit started from another thread took twice
+            # as long (300,000 rows: 6.3 s against 2.7-3.1 s).
+            metrics = cross_validated_metrics(unfitted, x, y, params.train, progress)
+            model = fit_all()
     metrics["train_rows"] = float(len(x))
     model_hash = save_model(model)
     # Only what the data, params and code determine: no run id, so dvc.lock stays put.
