@@ -14,8 +14,6 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from typing import overload
 
-import orjson
-
 from serving.inference.features import FEATURE_NAMES, Row, row_values, values_bytes
 
 Value = str | float | None
@@ -70,11 +68,7 @@ class Cars(Sequence[Row]):
     def digests(self) -> list[str]:
         """Each car's :func:`~serving.inference.features.values_digest`."""
         sha256 = hashlib.sha256
-        try:
-            encoded = list(map(orjson.dumps, zip(*self.columns, strict=True)))
-        except TypeError:  # a value orjson refuses: values_bytes says how it is written
-            encoded = list(map(values_bytes, zip(*self.columns, strict=True)))
-        return [sha256(b).hexdigest() for b in encoded]
+        return [sha256(b).hexdigest() for b in map(values_bytes, zip(*self.columns, strict=True))]
 
     def __len__(self) -> int:
         return self.n
