@@ -32,7 +32,8 @@ writes ``benchmarks/results/serving.json`` (medians and every round).
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``), ``redis-server`` and PostgreSQL on
 127.0.0.1:5432 (``make services``; ``--sqlite`` / ``--cache-url`` / ``--no-redis`` otherwise).
-Targets 127.0.0.1 only; bounded in time.
+``--only batch,in-process`` runs only the scenarios whose names contain those words (and starts
+only the servers they need). Targets 127.0.0.1 only; bounded in time.
 """
 
 from __future__ import annotations
@@ -359,7 +360,7 @@ class InProcess:
         for name, call, rows in cases:
             for _ in range(3):
                 call()
-            times = []
+            times: list[float] = []
             deadline = time.perf_counter() + seconds / len(cases)
             while time.perf_counter() < deadline or len(times) < 20:
                 started = time.perf_counter()
@@ -397,10 +398,25 @@ def main() -> int:
         action="store_true",
         help="users, keys and prediction log in SQLite (default: a throw-away PostgreSQL DB)",
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        metavar="NAMES",
+        help="comma-separated parts of scenario names to run, e.g. 'batch,in-process' (default: "
+        "all); only the servers they need are started",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-
+    if args.only and not _chosen(args.only):
+        known = ", ".join(sc[0] for sc in SCENARIOS)
+        parser.error(f"--only {args.only!r} matches no scenario (scenarios: {known})")
     return run_in_workdir(args, "carprice-bench-", _run)
+
+
+def _chosen(only: str) -> list[Scenario]:
+    """The scenarios whose names contain one of ``only``'s comma-separated parts (all if empty)."""
+    parts = [p.strip() for p in only.split(",") if p.strip()]
+    return [sc for sc in SCENARIOS if not parts or any(p in sc[0] for p in parts)]
 
 
 def run_in_workdir(
@@ -565,7 +581,10 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
             "black-holed": f"redis://127.0.0.1:{hole.port}/0",
             "stopped": f"redis://127.0.0.1:{closed_port()}/0",
         }
+        chosen = _chosen(args.only)
+        needed = {sc[1] for sc in chosen}
         servers = [("api", cache_url)] + ([] if cache_url is None else list(outages.items()))
+        servers = [(name, url) for name, url in servers if name in needed]
         for name, url in servers:
             env = api_env | ({"CARPRICE_CACHE_URL": url} if url else {})
             print(f"starting the API ({name}, cache {url or 'in-process'}) ...", flush=True)
@@ -573,21 +592,23 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
                    "--workers", str(args.workers)]  # fmt: skip
             ready = f"http://127.0.0.1:{ports[name]}/v2/health/ready"
             stack.enter_context(server(cmd, env, ready, workdir / f"{name}.log"))
-        print("starting mlflow models serve ...", flush=True)
-        cmd = [str(venv_bin / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}@production",
-               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(ports["mlflow"]),
-               "-w", str(args.workers)]  # fmt: skip
-        health = f"http://127.0.0.1:{ports['mlflow']}/health"
-        stack.enter_context(server(cmd, base_env, health, workdir / "mlflow.log"))
-        print("starting the constant FastAPI endpoint ...", flush=True)
-        cmd = [sys.executable, "-m", "uvicorn", "benchmarks.serving_ceiling:app",
-               "--port", str(ports["ceiling"]), "--workers", str(args.workers),
-               "--http", "httptools", "--loop", "uvloop", "--no-access-log",
-               "--log-level", "warning"]  # fmt: skip
-        ready = f"http://127.0.0.1:{ports['ceiling']}/v2/health/ready"
-        stack.enter_context(server(cmd, base_env, ready, workdir / "ceiling.log"))
-        served = {name for name, _ in servers} | {"mlflow", "ceiling"}
-        scenarios = [sc for sc in SCENARIOS if sc[1] in served or sc[1] == ""]
+        if "mlflow" in needed:
+            print("starting mlflow models serve ...", flush=True)
+            cmd = [str(venv_bin / "mlflow"), "models", "serve", "-m",
+                   f"models:/{MODEL}@production", "--env-manager", "local", "-h", "127.0.0.1",
+                   "-p", str(ports["mlflow"]), "-w", str(args.workers)]  # fmt: skip
+            health = f"http://127.0.0.1:{ports['mlflow']}/health"
+            stack.enter_context(server(cmd, base_env, health, workdir / "mlflow.log"))
+        if "ceiling" in needed:
+            print("starting the constant FastAPI endpoint ...", flush=True)
+            cmd = [sys.executable, "-m", "uvicorn", "benchmarks.serving_ceiling:app",
+                   "--port", str(ports["ceiling"]), "--workers", str(args.workers),
+                   "--http", "httptools", "--loop", "uvloop", "--no-access-log",
+                   "--log-level", "warning"]  # fmt: skip
+            ready = f"http://127.0.0.1:{ports['ceiling']}/v2/health/ready"
+            stack.enter_context(server(cmd, base_env, ready, workdir / "ceiling.log"))
+        served = {name for name, _ in servers} | ({"mlflow", "ceiling"} & needed)
+        scenarios = [sc for sc in chosen if sc[1] in served or sc[1] == ""]
         # Each API worker loads its model in the background: warm until both answer.
         for name, _ in servers:
             url = f"http://127.0.0.1:{ports[name]}/v1/predict"
@@ -761,7 +782,8 @@ def _print(report: dict[str, Any]) -> None:
         )
     print()
     for name, value in report["ratios"].items():
-        print(f"{name:<70}{value:>8.2f}")
+        if not math.isnan(value):  # a side not run (--only)
+            print(f"{name:<70}{value:>8.2f}")
     print()
     for t in report["targets"]:
         print(f"{'met    ' if t['met'] else 'NOT MET'} {t['target']:<56}{t['value']:>10.2f}")
