@@ -152,6 +152,12 @@ def append(engine: Engine, cars: pa.Table) -> None:
 
 
 def _copy(connection: Connection, cars: pa.Table) -> None:
+    # Arrow writes a timestamp with a time zone ~15x slower than one without (1.5 against
+    # 0.1 us a car, most of the CSV's cost): the UTC instants go as naive timestamps, read in
+    # UTC by this transaction's time zone.
+    at = cars.schema.get_field_index("logged_at")
+    cars = cars.set_column(at, "logged_at", cars.column(at).cast(pa.timestamp("us")))
+    connection.exec_driver_sql("SET LOCAL TIME ZONE 'UTC'")
     out = io.BytesIO()
     pa_csv.write_csv(cars, out, _CSV)
     data = out.getvalue()

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,35 @@ def test_columns_as_arrays_nan_is_missing_and_a_refused_car_blocks_nothing(url: 
         assert "huge" not in set(df.request_id)
 
 
+@pytest.mark.postgres
+def test_logged_at_is_the_request_time_whatever_the_database_time_zone() -> None:
+    # The COPY sends naive UTC timestamps and reads them in UTC (SET LOCAL): a database whose
+    # default zone is another must not shift them.
+    with postgres_database() as pg:
+        engine = create_db_engine(pg, timeout=5)
+        with engine.begin() as connection:
+            name = connection.exec_driver_sql("SELECT current_database()").scalar_one()
+            connection.exec_driver_sql(f"ALTER DATABASE \"{name}\" SET TimeZone = 'Asia/Kolkata'")
+        engine.dispose()  # new connections take the database's zone
+        engine = create_db_engine(pg, timeout=5)
+        try:
+            with engine.connect() as connection:
+                zone = connection.exec_driver_sql("SHOW TimeZone").scalar_one()
+            assert zone == "Asia/Kolkata"
+            log = PredictionLog(engine, queue_max=100, batch_rows=10, flush_interval=0.05,
+                                migrate=True)  # fmt: skip
+            log.start()
+            before = datetime.now(UTC)
+            assert record(log, "zoned")
+            after = datetime.now(UTC)
+            assert log.close(timeout=30)
+            df = predictions.window(engine, Window())
+        finally:
+            engine.dispose()
+    logged = df.logged_at.iloc[0].to_pydatetime()
+    assert before - timedelta(milliseconds=1) <= logged <= after + timedelta(milliseconds=1)
+
+
 def test_the_logged_schema_is_the_logged_columns() -> None:
     assert tuple(predictions.LOGGED_SCHEMA.names) == predictions.LOGGED_COLUMNS
 
@@ -173,19 +203,58 @@ def test_a_full_queue_drops_and_counts_never_blocks(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_queued_requests_are_not_followed_by_the_garbage_collector(tmp_path: Path) -> None:
-    # Queued as lists, every request's containers reached the old generation and forced full
-    # collections of the worker's heap every few seconds (the p99 tail under load).
-    engine = create_db_engine(f"sqlite:///{tmp_path}/log.db")
-    log = PredictionLog(engine, queue_max=100, batch_rows=50, flush_interval=0.05)
-    assert record(log, "a", n=3)
-    assert log.record(request_id="b", api_version="v2", caller="key:7", model_name="car-price",
-                      model_version="3", columns=[np.full(2, np.nan)] * len(FEATURE_NAMES),
-                      prices=[1.0, 2.0], cached=[False, False])  # fmt: skip
-    for _ in range(3):  # a tuple is untracked once its items are: a level per collection at worst
-        gc.collect()
-    assert [gc.is_tracked(entry) for entry in log._queue] == [False, False]
+def test_queued_requests_add_no_container_for_the_garbage_collector(tmp_path: Path) -> None:
+    # Queued as containers of their own, every request's reached the old generation and forced
+    # full collections of the worker's heap every few seconds (the p99 tail under load). Their
+    # cars are appended to the queue's columns instead: str and float are not followed.
+    url = f"sqlite:///{tmp_path}/log.db"
+    upgrade(url)
+    engine = create_db_engine(url)
+    log = PredictionLog(engine, queue_max=10_000, batch_rows=5_000, flush_interval=0.05)
+    columns = [[CAR[name]] for name in FEATURE_NAMES]
+    record(log, "warm-up")  # the open segment's own lists
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        for i in range(1000):
+            assert log.record(request_id=f"r{i}", api_version="v1", caller="key:7",
+                              model_name="car-price", model_version="3", columns=columns,
+                              prices=[1.0], cached=[False])  # fmt: skip
+        assert log.record(request_id="arrays", api_version="v2", caller="key:7",
+                          model_name="car-price", model_version="3",
+                          columns=[np.full(2, np.nan)] * len(FEATURE_NAMES),
+                          prices=np.array([1.0, 2.0]), cached=[False, False])  # fmt: skip
+        grown = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert grown < 50  # (a container per request would be 1,000 or more)
+    assert log.depth == 1003
+    log.start()
+    assert log.close(timeout=10)
+    df = predictions.window(engine, Window())
     engine.dispose()
+    assert len(df) == 1003
+    assert df.request_id.tolist()[:3] == ["warm-up", "r0", "r1"]
+    assert df.row.tolist()[-2:] == [0, 1]
+
+
+def test_segments_hold_about_batch_rows_and_keep_request_order(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/log.db"
+    upgrade(url)
+    engine = create_db_engine(url)
+    log = PredictionLog(engine, queue_max=10_000, batch_rows=10, flush_interval=0.05)
+    for i in range(7):
+        assert record(log, f"r{i}", n=4)
+    # A request opens a new segment once the open one holds batch_rows cars: 12, 12, 4.
+    assert [segment.cars for segment in log._queue] == [12, 12, 4]
+    log.start()
+    assert log.close(timeout=10)
+    df = predictions.window(engine, Window())
+    engine.dispose()
+    assert log.written == 28
+    assert df.request_id.tolist() == [f"r{i}" for i in range(7) for _ in range(4)]
+    assert df.row.tolist() == [0, 1, 2, 3] * 7
+    assert df.price.tolist() == [1000.0, 1001.0, 1002.0, 1003.0] * 7
 
 
 class SwitchableProxy:
