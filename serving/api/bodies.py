@@ -13,9 +13,11 @@ rate limit (so a caller who has not proven who it is costs a header check, never
    raises :class:`~serving.errors.ClientDisconnected` (logged as 499, never a server error).
 2. Then orjson, a C parser, refuses what is not JSON (bad UTF-8, ``NaN``,
    numbers beyond a double, nesting deeper than 1,024: one code, ``invalid_json``, 422,
-   everywhere); unless the counts already prove it, the value is walked once for the shape
-   limits (nesting depth, keys in one object, items in one array, string length: 422
-   ``limit_exceeded``, the message naming the limit).
+   everywhere); unless the counts already prove them, the shape limits (nesting depth, keys
+   in one object, items in one array, string length: 422 ``limit_exceeded``, the message
+   naming the limit) are checked a level of the parsed value at a time, with C loops, the
+   strings' lengths from the quotes' positions in the bytes where no backslash is (a 1,000-car
+   batch: 0.6 ms, not 1.9 ms of a Python walk over its 16,000 values).
 3. The route's schema (pydantic) validates the document. A body within the limits cannot
    make it produce more than a few dozen errors, so a refusal costs microseconds, not seconds.
 
@@ -25,9 +27,12 @@ The limits are settings (``CARPRICE_MAX_JSON_*``, ``CARPRICE_BATCH_MAX``), kept 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.types import Receive
 
@@ -144,46 +149,72 @@ def _parse(body: bytes, limits: JsonLimits, commas: int, colons: int) -> Any:
         and body.count(b"[") + body.count(b"{") <= limits.max_depth
     ):
         return value  # the counts prove every limit: no walk
-    _walk(value, limits)
+    _check(value, limits, strings=not _strings_short(body, limits.max_string))
     return value
 
 
-def _walk(value: Any, limits: JsonLimits) -> None:
-    # Iterative (no recursion limit to meet), containers only pushed: one type() per value.
-    stack = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children: Any
-        if type(node) is dict:
-            if depth > limits.max_depth:
-                raise _too_deep(limits)
-            if len(node) > limits.max_keys:
-                raise _limit(
-                    f"an object has {len(node)} keys; at most {limits.max_keys} are accepted "
-                    "(CARPRICE_MAX_JSON_KEYS)",
-                    "too_many_keys",
-                )
-            if node and max(map(len, node)) > limits.max_string:
+def _strings_short(body: bytes, max_string: int) -> bool:
+    """Whether the bytes prove that no string or key of ``body`` (valid JSON) is longer than
+    ``max_string`` characters: without a backslash every ``"`` opens or closes one, so their
+    positions give each one's length in bytes, never fewer than its characters."""
+    if len(body) <= max_string:
+        return True
+    if b"\\" in body:
+        return False
+    quotes = np.flatnonzero(np.frombuffer(body, dtype=np.uint8) == _QUOTE)
+    return bool(quotes.size == 0 or (quotes[1::2] - quotes[0::2]).max() <= max_string + 1)
+
+
+_QUOTE = ord('"')
+
+
+def _check(value: Any, limits: JsonLimits, *, strings: bool) -> None:
+    """Check the depth, keys and items limits of a parsed body, and with ``strings`` its
+    strings' lengths too; a level of the tree at a time, so that the scalars (16,000 of them in
+    1,000 cars) are only looked at by C loops (``map``, ``set``), never one by one in Python."""
+    if strings and type(value) is str and len(value) > limits.max_string:
+        raise _too_long(limits)
+    dicts: list[Any] = [value] if type(value) is dict else []
+    lists: list[Any] = [value] if type(value) is list else []
+    depth = 1
+    while dicts or lists:
+        if depth > limits.max_depth:
+            raise _too_deep(limits)
+        _check_sizes(dicts, limits.max_keys, "an object", "keys", "CARPRICE_MAX_JSON_KEYS")
+        _check_sizes(lists, limits.max_items, "an array", "items", "CARPRICE_BATCH_MAX")
+        kinds = set(map(type, _children(dicts, lists)))
+        if strings:
+            texts = chain.from_iterable(dicts)  # the keys
+            if str in kinds:
+                texts = chain(texts, (c for c in _children(dicts, lists) if type(c) is str))
+            if max(map(len, texts), default=0) > limits.max_string:
                 raise _too_long(limits)
-            children = node.values()
-        elif type(node) is list:
-            if depth > limits.max_depth:
-                raise _too_deep(limits)
-            if len(node) > limits.max_items:
-                raise _limit(
-                    f"an array has {len(node)} items; at most {limits.max_items} are accepted "
-                    "(CARPRICE_BATCH_MAX)",
-                    "too_many_items",
-                )
-            children = node
+        if dict in kinds or list in kinds:
+            children = list(_children(dicts, lists))
+            dicts = _of_type(children, kinds, dict)
+            lists = _of_type(children, kinds, list)
         else:
-            continue
-        for child in children:
-            kind = type(child)
-            if kind is dict or kind is list:
-                stack.append((child, depth + 1))
-            elif kind is str and len(child) > limits.max_string:
-                raise _too_long(limits)
+            dicts = lists = []
+        depth += 1
+
+
+def _check_sizes(nodes: list[Any], most: int, what: str, of: str, setting: str) -> None:
+    size = max(map(len, nodes), default=0)
+    if size > most:
+        message = f"{what} has {size} {of}; at most {most} are accepted ({setting})"
+        raise _limit(message, f"too_many_{of}")
+
+
+def _children(dicts: list[Any], lists: list[Any]) -> Iterator[Any]:
+    return chain(chain.from_iterable(map(dict.values, dicts)), chain.from_iterable(lists))
+
+
+def _of_type(children: list[Any], kinds: set[type], kind: type) -> list[Any]:
+    if kind not in kinds:
+        return []
+    if len(kinds) == 1:
+        return children
+    return [c for c in children if type(c) is kind]
 
 
 def _limit(message: str, kind: str) -> LimitExceeded:

@@ -24,6 +24,10 @@ from serving.monitoring import request_context
 from serving.monitoring.metrics import CACHE_EVENTS, INFERENCE_SECONDS, PREDICTIONS
 from serving.monitoring.prediction_log import PredictionLog
 
+# One labels() look-up per series at import, not one per request (a few microseconds each).
+_CACHE_HITS = CACHE_EVENTS.labels("hit")
+_CACHE_MISSES = CACHE_EVENTS.labels("miss")
+
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
@@ -90,9 +94,9 @@ class PredictionService:
         misses = [i for i, p in enumerate(prices) if p is None]
         hits = cars.n - len(misses)
         if hits:
-            CACHE_EVENTS.labels("hit").inc(hits)
+            _CACHE_HITS.inc(hits)
         if misses:
-            CACHE_EVENTS.labels("miss").inc(len(misses))
+            _CACHE_MISSES.inc(len(misses))
             started = time.perf_counter()
             predicted = await self.batcher.predict(model, cars.take(misses))
             INFERENCE_SECONDS.observe(time.perf_counter() - started)
@@ -139,5 +143,4 @@ class PredictionService:
 
 @functools.lru_cache(maxsize=256)
 def _predictions(api_version: str, model_version: str, cached: bool) -> Any:
-    # One labels() look-up per series, not per request (a few microseconds each).
     return PREDICTIONS.labels(api_version, model_version, "true" if cached else "false")

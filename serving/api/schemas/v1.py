@@ -10,14 +10,11 @@ unknown fields are refused. Categories are free text (an unseen brand is priced 
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime
 from itertools import chain, repeat
 from typing import Annotated, Any, NotRequired, Required
 
-import numpy as np
 from pydantic import (
-    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -31,6 +28,7 @@ from pydantic import (
 )
 from typing_extensions import TypedDict
 
+from serving.api.schemas.columns import NoNul, plain_cars
 from serving.errors import InvalidRequest, invalid_features_from
 from serving.inference.cars import Cars
 from serving.inference.features import (
@@ -38,8 +36,6 @@ from serving.inference.features import (
     FEATURE_NAMES,
     FEATURES,
     MAX_CATEGORY_LENGTH,
-    NUL,
-    Feature,
     Row,
     make_row,
 )
@@ -69,15 +65,6 @@ EXAMPLE_CAR: dict[str, Any] = {
 NOT_BLANK = "^[^\\u0000]*(?:[^\\s\\u0085\\u0000]|\\ufeff)[^\\u0000]*$"
 """JSON Schema (ECMA) pattern of a category: "not blank once trimmed" (pydantic trims Unicode
 White_Space, which is ECMA's ``\\s`` with U+0085 and without U+FEFF) and no NUL anywhere."""
-
-
-def _no_nul(value: str) -> str:
-    if NUL in value:
-        raise ValueError("must not contain a NUL character")
-    return value
-
-
-NoNul = AfterValidator(_no_nul)
 
 
 def _number(value: Any) -> Any:
@@ -187,11 +174,11 @@ def parse_car(body: bytes) -> Row:
 
 def parse_cars(body: bytes, value: Any) -> Cars:
     """The cars of the list in ``body``, as :func:`parse_car` would validate each; ``value`` is
-    what :func:`serving.api.bodies.check_json` parsed from it.
+    what :func:`serving.api.bodies.read_json` parsed from it.
 
-    A list that is plainly valid (JSON types as :data:`StrictCar` wants them, values in range,
-    valid categories) is taken a column at a time (:func:`_as_is`); anything else is validated
-    car by car, which also names what is wrong.
+    A list that is plainly valid (:func:`~serving.api.schemas.columns.plain_cars`, as /v2 takes
+    its tensors) is taken a column at a time (:func:`_as_is`); anything else is validated car by
+    car, which also names what is wrong.
     """
     cars = _as_is(value)
     return cars if cars is not None else _car_by_car(body)
@@ -210,79 +197,18 @@ def _car_by_car(body: bytes) -> Cars:
 
 
 _FIELDS = frozenset(FEATURE_NAMES)
-_NONE = type(None)
-_NUMBER_TYPES = {
-    (kind, nullable): frozenset((int,) if kind == "integer" else (int, float))
-    | (frozenset((_NONE,)) if nullable else frozenset())
-    for kind in ("integer", "float")
-    for nullable in (False, True)
-}
-_TEXT_TYPES = {False: frozenset((str,)), True: frozenset((str, _NONE))}
-_CATEGORY: TypeAdapter[str] = TypeAdapter(
-    Annotated[StrictStr, Field(min_length=1, max_length=MAX_CATEGORY_LENGTH), NoNul],
-    config=ConfigDict(str_strip_whitespace=True),
-)
-_KNOWN_MAX = 100_000
-_known: dict[str, str] = {}
-"""Category values already validated (the value as sent -> as a row holds it, trimmed); at most
-``_KNOWN_MAX`` of them."""
-
-
-def _low(f: Feature) -> float:
-    return -math.inf if f.min is None else f.min
-
-
-def _high(f: Feature) -> float:
-    return math.inf if f.max is None else f.max
-
-
-def _category(value: str) -> str | None:
-    known = _known.get(value)
-    if known is None:
-        try:
-            known = _CATEGORY.validate_python(value)
-        except ValidationError:
-            return None
-        if len(_known) < _KNOWN_MAX:
-            _known[value] = known
-    return known
 
 
 def _as_is(value: Any) -> Cars | None:
-    """``value`` (a parsed body) as cars when :data:`_STRICT_CARS` would accept it with the same
-    rows, checked a column at a time; None when it must be validated car by car."""
+    """``value`` (a parsed body) as cars when its values are plainly valid
+    (:func:`~serving.api.schemas.columns.plain_cars`), taken a column at a time; None when it
+    must be validated car by car."""
     if type(value) is not list or not value or set(map(type, value)) != {dict}:
         return None
     if not _FIELDS.issuperset(chain.from_iterable(value)):
         return None  # an unknown field
     n = len(value)
-    columns: list[list[Any]] = []
-    for f in FEATURES:
-        column = list(map(dict.get, value, repeat(f.name, n)))
-        types = set(map(type, column))
-        if f.numeric:
-            if not _NUMBER_TYPES[f.kind, f.nullable].issuperset(types):
-                return None
-            x = np.array(column, dtype=np.float64)  # None -> NaN
-            if bool(((x < _low(f)) | (x > _high(f))).any()):  # NaN compares False
-                return None
-            numbers: list[Any] = x.tolist()
-            if _NONE in types:
-                numbers = [None if v is None else x for v, x in zip(column, numbers, strict=True)]
-            columns.append(numbers)
-        else:
-            if not _TEXT_TYPES[f.nullable].issuperset(types):
-                return None
-            trimmed = {}
-            for v in set(column):
-                if v is not None:
-                    canonical = _category(v)
-                    if canonical is None:
-                        return None
-                    if canonical != v:
-                        trimmed[v] = canonical
-            columns.append([trimmed.get(v, v) for v in column] if trimmed else column)
-    return Cars(columns, n)
+    return plain_cars([list(map(dict.get, value, repeat(f.name, n))) for f in FEATURES], n)
 
 
 class PricePrediction(BaseModel):

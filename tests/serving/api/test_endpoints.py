@@ -3,7 +3,8 @@
 :func:`serving.api.schemas.v1.parse_cars` takes a plainly valid body a column at a time and
 leaves everything else to pydantic: either way must get the same cars, or the same error;
 counting the outcomes shows both ways were taken (the comparison is not vacuous).
-:func:`serving.api.schemas.v2.parse_cars` has one path: cars, or an error that names the
+:func:`serving.api.schemas.v2.parse_cars` likewise takes a plainly valid request as it is and
+validates anything else in full: the same cars either way, and otherwise an error that names the
 problem, never anything else.
 """
 
@@ -118,6 +119,52 @@ def test_v2_requests_get_cars_or_an_error_naming_what_is_wrong() -> None:
             assert len(outcome[1]) == request["inputs"][0]["shape"][0], request
     assert outcomes["cars"] > 40
     assert outcomes["error"] > 40
+
+
+def test_v2_plain_requests_get_the_same_cars_as_the_full_validation() -> None:
+    taken = 0
+    for request in _v2_bodies(random.Random(11)):
+        body = json.dumps(request).encode()
+        value = orjson.loads(body)
+        plain = v2._plain(copy.deepcopy(value))
+        expected = _outcome(partial(v2._validated, value))
+        assert _outcome(partial(v2.parse_cars, body, orjson.loads(body))) == expected, request
+        if plain is not None:
+            taken += 1
+            assert _outcome(partial(lambda got: got, plain)) == expected, request
+    assert 20 < taken < 180
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"outputs": [{"name": "price", "parameters": {"binary_data": False}}]},
+        {"id": "req-1", "parameters": {"binary_data_output": True}},
+        {"shape": [3, 1]},
+        {"datatype": "INT64"},
+        {"text": " Toyota\u2028"},
+        {"drop": "color"},
+    ],
+)
+def test_v2_tritonclient_shapes_are_taken_as_they_are(change: dict[str, Any]) -> None:
+    from benchmarks.serving import v2_body
+
+    request = v2_body(cars(3, seed=9))
+    request.update({k: v for k, v in change.items() if k in ("outputs", "id", "parameters")})
+    for t in request["inputs"]:
+        if "shape" in change:
+            t["shape"] = change["shape"]
+        if "datatype" in change and t["name"] in ("year", "doors"):
+            t["datatype"] = change["datatype"]
+            t["data"] = [int(v) for v in t["data"]]
+        if "text" in change and t["name"] == "brand":
+            t["data"][1] = change["text"]
+    if "drop" in change:
+        request["inputs"] = [t for t in request["inputs"] if t["name"] != change["drop"]]
+    value = orjson.loads(json.dumps(request))
+    plain = v2._plain(value)
+    assert plain is not None
+    assert _outcome(lambda: plain) == _outcome(partial(v2._validated, value))
 
 
 def test_v2_checks_every_numeric_tensor_against_its_own_feature() -> None:
