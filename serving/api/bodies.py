@@ -149,8 +149,46 @@ def _parse(body: bytes, limits: JsonLimits, commas: int, colons: int) -> Any:
         and body.count(b"[") + body.count(b"{") <= limits.max_depth
     ):
         return value  # the counts prove every limit: no walk
-    _check(value, limits, strings=not _strings_short(body, limits.max_string))
+    if len(body) < _WALK_MAX:
+        _walk(value, limits)
+    else:
+        _check(value, limits, strings=not _strings_short(body, limits.max_string))
     return value
+
+
+_WALK_MAX = 8192
+"""Bodies shorter than this are walked value by value (:func:`_walk`: one car as /v2 tensors
+in 14 us), longer ones checked a level at a time (:func:`_check`: 18 us there, but 0.6 ms
+against 1.9 ms for 1,000 cars)."""
+
+
+def _walk(value: Any, limits: JsonLimits) -> None:
+    """The limits of a parsed body, value by value (iterative: no recursion limit to meet;
+    containers only pushed, one ``type()`` per value)."""
+    if type(value) is str and len(value) > limits.max_string:
+        raise _too_long(limits)
+    stack = [(value, 1)] if type(value) is dict or type(value) is list else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > limits.max_depth:
+            raise _too_deep(limits)
+        children: Any
+        if type(node) is dict:
+            if len(node) > limits.max_keys:
+                raise _too_many(len(node), limits.max_keys, _KEYS)
+            if node and max(map(len, node)) > limits.max_string:
+                raise _too_long(limits)
+            children = node.values()
+        else:
+            if len(node) > limits.max_items:
+                raise _too_many(len(node), limits.max_items, _ITEMS)
+            children = node
+        for child in children:
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1))
+            elif kind is str and len(child) > limits.max_string:
+                raise _too_long(limits)
 
 
 def _strings_short(body: bytes, max_string: int) -> bool:
@@ -180,8 +218,8 @@ def _check(value: Any, limits: JsonLimits, *, strings: bool) -> None:
     while dicts or lists:
         if depth > limits.max_depth:
             raise _too_deep(limits)
-        _check_sizes(dicts, limits.max_keys, "an object", "keys", "CARPRICE_MAX_JSON_KEYS")
-        _check_sizes(lists, limits.max_items, "an array", "items", "CARPRICE_BATCH_MAX")
+        _check_sizes(dicts, limits.max_keys, _KEYS)
+        _check_sizes(lists, limits.max_items, _ITEMS)
         kinds = set(map(type, _children(dicts, lists)))
         if strings:
             texts = chain.from_iterable(dicts)  # the keys
@@ -198,11 +236,20 @@ def _check(value: Any, limits: JsonLimits, *, strings: bool) -> None:
         depth += 1
 
 
-def _check_sizes(nodes: list[Any], most: int, what: str, of: str, setting: str) -> None:
+_KEYS = ("an object", "keys", "CARPRICE_MAX_JSON_KEYS")
+_ITEMS = ("an array", "items", "CARPRICE_BATCH_MAX")
+
+
+def _check_sizes(nodes: list[Any], most: int, names: tuple[str, str, str]) -> None:
     size = max(map(len, nodes), default=0)
     if size > most:
-        message = f"{what} has {size} {of}; at most {most} are accepted ({setting})"
-        raise _limit(message, f"too_many_{of}")
+        raise _too_many(size, most, names)
+
+
+def _too_many(size: int, most: int, names: tuple[str, str, str]) -> LimitExceeded:
+    what, of, setting = names
+    message = f"{what} has {size} {of}; at most {most} are accepted ({setting})"
+    return _limit(message, f"too_many_{of}")
 
 
 def _children(dicts: list[Any], lists: list[Any]) -> Iterator[Any]:

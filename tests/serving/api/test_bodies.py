@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -68,19 +69,33 @@ def _outcome(body: bytes) -> set[str]:
     return set()
 
 
-def test_random_documents_are_refused_exactly_when_they_break_a_limit() -> None:
+def _level_by_level(body: bytes) -> set[str]:
+    """:func:`_outcome` of the check that bodies of 8 KB and more get, whatever the size."""
+    try:
+        value = orjson.loads(body)
+        bodies._check(value, LIMITS, strings=not bodies._strings_short(body, LIMITS.max_string))
+    except LimitExceeded as exc:
+        return {exc.details[0]["type"]}
+    return set()
+
+
+@pytest.mark.parametrize("outcome", [_outcome, _level_by_level])
+def test_random_documents_are_refused_exactly_when_they_break_a_limit(
+    outcome: Callable[[bytes], set[str]],
+) -> None:
     rng = random.Random(3)
     seen = {"ok": 0, "refused": 0}
-    for _ in range(1500):
+    for _ in range(1000):
         value = _document(rng)
         body = json.dumps(value, ensure_ascii=rng.random() < 0.5).encode()
-        broken, got = _broken(value), _outcome(body)
+        broken, got = _broken(value), outcome(body)
         assert bool(got) == bool(broken), value
         assert got <= broken, value  # the limit it names is one the document breaks
         seen["refused" if got else "ok"] += 1
-    assert min(seen.values()) > 150
+    assert min(seen.values()) > 100
 
 
+@pytest.mark.parametrize("outcome", [_outcome, _level_by_level])
 @pytest.mark.parametrize(
     ("value", "kind"),
     [
@@ -92,12 +107,36 @@ def test_random_documents_are_refused_exactly_when_they_break_a_limit() -> None:
         ([list(range(11))], "too_many_items"),
     ],
 )
-def test_each_limit_is_named(value: Any, kind: str) -> None:
+def test_each_limit_is_named(value: Any, kind: str, outcome: Callable[[bytes], set[str]]) -> None:
     padded = [value, "p" * 16, list(range(10)), {str(i): [i] for i in range(8)}]
-    assert _outcome(orjson.dumps(padded)) == {kind}
+    assert outcome(orjson.dumps(padded)) == {kind}
 
 
-def test_a_string_within_the_limit_in_characters_passes_whatever_its_bytes() -> None:
+@pytest.mark.parametrize("outcome", [_outcome, _level_by_level])
+def test_a_string_within_the_limit_in_characters_passes_whatever_its_bytes(
+    outcome: Callable[[bytes], set[str]],
+) -> None:
     value = ["€" * 16, "é" * 16, "\u2028" * 16, "p" * 16, list(range(10))]
-    assert _outcome(json.dumps(value, ensure_ascii=False).encode()) == set()
-    assert _outcome(json.dumps(value, ensure_ascii=True).encode()) == set()  # \\u escapes
+    assert outcome(json.dumps(value, ensure_ascii=False).encode()) == set()
+    assert outcome(json.dumps(value, ensure_ascii=True).encode()) == set()  # \\u escapes
+
+
+def test_a_big_batch_is_checked_level_by_level_and_refused_past_a_limit() -> None:
+    limits = bodies.JsonLimits(50_000, 32, 64, 1000, 1024)
+    cars = [{"brand": "é" * 300, "km_driven": i, "x": [[{"y": None}]]} for i in range(300)]
+    body = orjson.dumps(cars)
+    assert len(body) > bodies._WALK_MAX
+    assert bodies._parse(body, limits, body.count(b","), body.count(b":")) == cars
+    deep: Any = []
+    for _ in range(32):
+        deep = [deep]
+    for broken, kind in [
+        ([*cars, {"brand": "é" * 1025}], "string_too_long"),
+        ([*cars, {"k": deep}], "too_deep"),
+        ([*cars, {str(i): i for i in range(65)}], "too_many_keys"),
+        (cars * 4, "too_many_items"),
+    ]:
+        body = orjson.dumps(broken)
+        with pytest.raises(LimitExceeded) as refused:
+            bodies._parse(body, limits, body.count(b","), body.count(b":"))
+        assert refused.value.details[0]["type"] == kind
