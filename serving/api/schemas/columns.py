@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -56,31 +57,52 @@ def category(value: str) -> str | None:
 
 
 _NONE = type(None)
-_NUMBERS = frozenset((int, float))
-_TYPES = [
-    (_NUMBERS if f.numeric else frozenset((str,))) | (frozenset((_NONE,)) if f.nullable else set())
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    """What a feature's plain values are: their JSON types, and for numbers the bounds."""
+
+    numeric: bool
+    integer: bool
+    nullable: bool
+    types: frozenset[type]
+    low: float
+    high: float
+
+
+_SPECS = [
+    _Spec(
+        f.numeric,
+        f.kind == "integer",
+        f.nullable,
+        frozenset((int, float) if f.numeric else (str,))
+        | frozenset((_NONE,) if f.nullable else ()),
+        -math.inf if f.min is None else f.min,
+        math.inf if f.max is None else f.max,
+    )
     for f in FEATURES
-]
-_BOUNDS = [
-    (-math.inf if f.min is None else f.min, math.inf if f.max is None else f.max) for f in FEATURES
 ]
 
 
 def plain_cars(columns: Sequence[list[Any] | None], n: int) -> Cars | None:
-    """The ``n`` cars of ``columns`` (one per feature, in feature order; ``None``: not sent,
-    all missing) if every value is plainly valid (see the module docstring), else None."""
+    """The ``n`` cars of ``columns`` (one per feature, in feature order, each of length ``n``;
+    ``None``: not sent, all missing) if every value is plainly valid (see the module
+    docstring), else None."""
+    if n == 1:
+        return _plain_car(columns)
     out: list[Column] = []
-    for f, column, allowed, (low, high) in zip(FEATURES, columns, _TYPES, _BOUNDS, strict=True):
+    for spec, column in zip(_SPECS, columns, strict=True):
         if column is None:
-            if not f.nullable:
+            if not spec.nullable:
                 return None
             out.append([None] * n)
             continue
         types = set(map(type, column))
-        if not allowed.issuperset(types):
+        if not spec.types.issuperset(types):
             return None
-        if f.numeric:
-            numbers = _numbers(column, _NONE in types, low, high, f.kind == "integer")
+        if spec.numeric:
+            numbers = _numbers(column, _NONE in types, spec)
             if numbers is None:
                 return None
             out.append(numbers)
@@ -97,29 +119,53 @@ def plain_cars(columns: Sequence[list[Any] | None], n: int) -> Cars | None:
     return Cars(out, n)
 
 
+def _plain_car(columns: Sequence[list[Any] | None]) -> Cars | None:
+    """:func:`plain_cars` of one car: the same checks, on the one value of each column."""
+    out: list[Column] = []
+    for spec, column in zip(_SPECS, columns, strict=True):
+        v = None if column is None else column[0]
+        kind = type(v)
+        if kind not in spec.types:
+            return None
+        if v is None:
+            out.append([None])
+        elif spec.numeric:
+            if not spec.low <= v <= spec.high or (
+                spec.integer and kind is float and not v.is_integer()
+            ):
+                return None
+            out.append([float(v)])
+        else:
+            canonical = category(v)
+            if canonical is None:
+                return None
+            out.append([canonical])
+    return Cars(out, 1)
+
+
 NUMPY_FROM = 16
 """Columns of at least this many values are checked with NumPy, shorter ones with Python's
 builtins (a NumPy call's fixed cost, ~1-3 us, is most of a one-car column's check)."""
 
 
-def _numbers(
-    column: list[Any], missing: bool, low: float, high: float, integer: bool
-) -> list[Any] | None:
+def _numbers(column: list[Any], missing: bool, spec: _Spec) -> list[Any] | None:
     """``column`` (ints, floats and, if ``missing``, None) as floats and None, if every number
-    lies in ``[low, high]`` and, for an ``integer`` feature, is whole; else None."""
+    lies in the feature's bounds and, for an integer feature, is whole; else None."""
     if len(column) >= NUMPY_FROM:
         x = np.array(column, dtype=np.float64)  # None -> NaN, which compares False
-        if bool(((x < low) | (x > high)).any()) or (integer and bool((np.mod(x, 1) > 0).any())):
+        if bool(((x < spec.low) | (x > spec.high)).any()) or (
+            spec.integer and bool((np.mod(x, 1) > 0).any())
+        ):
             return None
         values: list[Any] = x.tolist()
         if missing:
             return [None if v is None else y for v, y in zip(column, values, strict=True)]
         return values
     present = [v for v in column if v is not None] if missing else column
-    if present and (min(present) < low or max(present) > high):
+    if present and (min(present) < spec.low or max(present) > spec.high):
         return None
     values = list(map(float, present))
-    if integer and not all(map(float.is_integer, values)):
+    if spec.integer and not all(map(float.is_integer, values)):
         return None
     if missing:
         numbers = iter(values)

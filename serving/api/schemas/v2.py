@@ -245,7 +245,11 @@ _REQUEST_KEYS = frozenset(InferenceRequest.model_fields)
 _TENSOR_KEYS = frozenset(("name", "shape", "datatype", "data"))
 _TENSOR_ALL_KEYS = frozenset(BytesTensor.model_fields)
 _OUTPUT_KEYS = frozenset(RequestedOutput.model_fields)
-_DATATYPES = {False: frozenset(("BYTES",)), True: frozenset(("FP64", "FP32", "INT64", "INT32"))}
+_DATATYPES = {
+    f.name: frozenset(("FP64", "FP32", "INT64", "INT32") if f.numeric else ("BYTES",))
+    for f in FEATURES
+}
+_INTEGERS = frozenset(("INT64", "INT32"))
 _MAX_ID = 256
 
 
@@ -272,21 +276,18 @@ def _plain(value: Any) -> tuple[Cars, str | None] | None:
         if type(t) is not dict or not _TENSOR_KEYS <= t.keys() <= _TENSOR_ALL_KEYS:
             return None
         name, shape, datatype, data = t["name"], t["shape"], t["datatype"], t["data"]
-        f = BY_NAME.get(name) if type(name) is str else None
-        tensor_parameters = t.get("parameters")
+        datatypes = _DATATYPES.get(name) if type(name) is str else None
+        extra = t.get("parameters")
         if (
-            f is None
+            datatypes is None
             or name in columns
             or type(datatype) is not str
-            or datatype not in _DATATYPES[f.numeric]
-            or not (tensor_parameters is None or type(tensor_parameters) is dict)
-            or (tensor_parameters is not None and "binary_data_size" in tensor_parameters)
+            or datatype not in datatypes
+            or not (extra is None or (type(extra) is dict and "binary_data_size" not in extra))
             or type(data) is not list
-            or type(shape) is not list
-            or shape not in ([len(data)], [len(data), 1])
-            or set(map(type, shape)) != {int}  # not True for 1
+            or not _flat_shape(shape, len(data))
             or (n is not None and len(data) != n)
-            or (datatype[:3] == "INT" and float in set(map(type, data)))
+            or (datatype in _INTEGERS and float in set(map(type, data)))
         ):
             return None
         n = len(data)
@@ -295,6 +296,16 @@ def _plain(value: Any) -> tuple[Cars, str | None] | None:
         return None
     cars = plain_cars([columns.get(f.name) for f in FEATURES], n)
     return None if cars is None else (cars, request_id)
+
+
+def _flat_shape(shape: Any, rows: int) -> bool:
+    """Whether ``shape`` is ``[rows]`` or ``[rows, 1]``, in JSON integers."""
+    return (
+        type(shape) is list
+        and (shape == [rows] or shape == [rows, 1])
+        and type(shape[0]) is int
+        and type(shape[-1]) is int
+    )
 
 
 def _plain_outputs(outputs: Any) -> bool:
