@@ -87,6 +87,16 @@ def test_memory_cache_evicts_the_least_recently_used() -> None:
     assert run(cache.get_many(["a", "b", "c", "d"])) == [1.0, None, 3.0, 4.0]
 
 
+def test_memory_cache_setting_a_price_again_makes_it_the_most_recent() -> None:
+    cache = MemoryCache(ttl=100, max_entries=3, clock=Clock())
+    run(cache.set_many({"a": 1.0, "b": 2.0, "c": 3.0}))
+    run(cache.set_many({"a": 1.5, "d": 4.0}))  # b is now the least recent: it goes
+    assert run(cache.get_many(["a", "b", "c", "d"])) == [1.5, None, 3.0, 4.0]
+    run(cache.set_many({str(i): float(i) for i in range(10)}))  # more than fit: the newest
+    assert len(cache) == 3
+    assert run(cache.get_many(["7", "8", "9", "a"])) == [7.0, 8.0, 9.0, None]
+
+
 def test_without_a_url_the_cache_is_in_process() -> None:
     assert isinstance(build_cache(make_settings(None)), MemoryCache)
     cache = build_cache(make_settings(None, cache_url=REDIS_URL))
