@@ -134,8 +134,9 @@ class MemoryCache:
         entries = self._entries
         for key in entries.keys() & items.keys():  # set again: the most recent again
             entries.move_to_end(key)
-        # New keys go last: the whole batch in one C loop (1,000 prices: 1.1 -> 0.2 ms).
-        entries.update(zip(items, zip(repeat(self._clock() + self._ttl), items.values())))
+        # New keys go last, the whole batch in one C loop.
+        expiring = zip(repeat(self._clock() + self._ttl), items.values())
+        entries.update(zip(items, expiring, strict=False))  # items: as long as its values
         for _ in range(len(entries) - self._max):
             entries.popitem(last=False)
 
