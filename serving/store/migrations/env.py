@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, create_engine, pool, text
 
-from serving.store.tables import Base
+from serving.store.tables import Base, on_backend
 
 # An arbitrary, fixed key: concurrent workers starting against one PostgreSQL database
 # migrate one after the other instead of racing on CREATE TABLE.
@@ -25,6 +25,7 @@ def _run(connection: Connection) -> None:
         # SQLite cannot ALTER most things: batch mode rebuilds tables when a migration needs it.
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        include_object=on_backend(connection.dialect.name),
     )
     with context.begin_transaction():
         if connection.dialect.name == "postgresql":

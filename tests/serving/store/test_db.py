@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from serving.store.database import (
     open_database,
     upgrade,
 )
-from serving.store.tables import ApiKey, Base, User
+from serving.store.tables import ApiKey, Base, User, on_backend
 from tests.serving.services import postgres_database
 
 
@@ -49,7 +50,8 @@ def test_migrations_ship_with_the_package() -> None:
     assert list((MIGRATIONS_DIR / "versions").glob("0001_*.py"))
     assert list((MIGRATIONS_DIR / "versions").glob("0002_*.py"))
     assert list((MIGRATIONS_DIR / "versions").glob("0003_*.py"))
-    assert head_revision() == "0003"
+    assert list((MIGRATIONS_DIR / "versions").glob("0004_*.py"))
+    assert head_revision() == "0004"
 
 
 def test_upgrade_from_empty(empty_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -74,7 +76,11 @@ def test_models_match_the_migrations(empty_url: str) -> None:
     engine = create_db_engine(empty_url)
     try:
         with engine.connect() as connection:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            options = {
+                "compare_type": True,
+                "include_object": on_backend(connection.dialect.name),
+            }
+            context = MigrationContext.configure(connection, opts=options)
             assert compare_metadata(context, Base.metadata) == []
     finally:
         engine.dispose()
@@ -90,6 +96,97 @@ def test_downgrade_to_base_and_back(empty_url: str) -> None:
         engine.dispose()
     upgrade(empty_url)
     assert current_revision(empty_url) == head_revision()
+
+
+def _log_schema(url: str) -> tuple[dict[str, str], str | None]:
+    """The prediction log's indexes (name -> access method or column list) and the collation
+    of ``request_id`` as the database has them."""
+    engine = create_db_engine(url)
+    try:
+        with engine.connect() as connection:
+            if connection.dialect.name != "postgresql":
+                found = inspect(connection).get_indexes("prediction_log")
+                return {i["name"] or "": ",".join(map(str, i["column_names"])) for i in found}, None
+            rows = connection.execute(
+                text(
+                    "SELECT c.relname, am.amname FROM pg_index i"
+                    " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
+                    " WHERE i.indrelid = 'prediction_log'::regclass AND NOT i.indisunique"
+                )
+            )
+            collation = connection.execute(
+                text(
+                    "SELECT collation_name FROM information_schema.columns"
+                    " WHERE table_name = 'prediction_log' AND column_name = 'request_id'"
+                )
+            ).scalar_one()
+            return {name: method for name, method in rows}, collation
+    finally:
+        engine.dispose()
+
+
+def test_0004_brin_time_index_on_postgresql_only_and_back(empty_url: str) -> None:
+    """0004: PostgreSQL's two btree time indexes become one BRIN index and request ids "C";
+    SQLite keeps its btree indexes. Downgrading restores 0003's schema, with the rows."""
+    upgrade(empty_url, "0003")
+    old = _log_schema(empty_url)
+    engine = create_db_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO prediction_log (request_id, row, logged_at, api_version,"
+                    " model_name, model_version, caller, cached, price) VALUES ('r', 0,"
+                    " :at, 'v1', 'car-price', '1', 'c', false, 1.0)"
+                ),
+                {"at": datetime.now(UTC)},
+            )
+        upgrade(empty_url)
+        new = _log_schema(empty_url)
+        downgrade(empty_url, "0003")
+        assert _log_schema(empty_url) == old
+        with engine.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM prediction_log")).scalar() == 1
+    finally:
+        engine.dispose()
+    if empty_url.startswith("postgresql"):
+        assert old == (
+            {
+                "ix_prediction_log_logged_at": "btree",
+                "ix_prediction_log_model_version_logged_at": "btree",
+            },
+            None,
+        )
+        assert new == ({"ix_prediction_log_logged_at": "brin"}, "C")
+    else:
+        assert (
+            new
+            == old
+            == (
+                {
+                    "ix_prediction_log_logged_at": "logged_at",
+                    "ix_prediction_log_model_version_logged_at": "model_version,logged_at",
+                },
+                None,
+            )
+        )
+
+
+def test_the_tables_create_the_log_schema_the_migrations_do(empty_url: str, tmp_path: Path) -> None:
+    """What autogenerate does not compare (index methods, collations): the ORM's tables, created
+    directly, have the prediction log's indexes and collation the migrations give it."""
+    upgrade(empty_url)
+    with contextlib.ExitStack() as stack:
+        if empty_url.startswith("postgresql"):
+            direct_url = stack.enter_context(postgres_database())
+        else:
+            direct_url = f"sqlite:///{tmp_path}/direct.db"
+        engine = create_db_engine(direct_url)
+        try:
+            Base.metadata.create_all(engine)
+        finally:
+            engine.dispose()
+        assert _log_schema(direct_url) == _log_schema(empty_url)
 
 
 def test_deleting_a_user_deletes_their_keys_and_times_are_utc(empty_url: str) -> None:
