@@ -11,7 +11,12 @@ table with one conversion per column and writes it in one statement
 Failure: a batch that cannot be written because the database is away stays at the head of the
 queue and is retried with a growing pause (0.25 s up to 5 s; every attempt bounded by the
 engine's connect and statement timeouts), so logging resumes by itself when the database is
-back. While it is away the queue fills; once ``queue_max`` cars are waiting, new ones are
+back. The writer keeps one connection between batches: the engine's pre-ping (a ``SELECT 1``
+round trip at every checkout, what the API's other uses of the engine want) is paid only when
+the writer (re)connects; a kept connection found broken (a database restart) is replaced and
+the batch written on the new one at once, as the pre-ping would have.
+
+While the database is away the queue fills; once ``queue_max`` cars are waiting, new ones are
 dropped, counted (``carprice_prediction_log_rows_dropped_total``) and reported in a warning at
 most every 10 s. A batch the database refuses for what it holds (a retry cannot help) is
 dropped and counted the same way instead of blocking the log.
@@ -31,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from serving.inference.features import FEATURES
 from serving.monitoring.metrics import (
@@ -143,6 +148,7 @@ class PredictionLog:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._connection: Connection | None = None  # the writer thread's, kept between batches
         self._dropped_unreported = 0
         self._last_warning = 0.0
         self.written = 0
@@ -268,6 +274,12 @@ class PredictionLog:
 
     def _run(self) -> None:
         try:
+            self._loop()
+        finally:
+            self._disconnect()
+
+    def _loop(self) -> None:
+        try:
             self._prepare()
         except Exception as exc:  # the database is away: the first write tries again
             log.warning("prediction log database not reachable yet: %s", _first_line(exc))
@@ -327,14 +339,53 @@ class PredictionLog:
         if self._migrate:
             upgrade_engine(self.engine)  # the log's own database may be another one
             self._migrate = False
-        else:
-            with self.engine.connect():
-                pass
+        self._connect()
+
+    def _connect(self) -> Connection:
+        if self._connection is None:
+            self._connection = self.engine.connect()  # pre-pinged, when the engine does
+        return self._connection
+
+    def _disconnect(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            connection.close()
+        except Exception:  # a broken connection: the pool discards it
+            log.debug("prediction log: closing the writer's connection failed", exc_info=True)
 
     def _write(self, table: pa.Table) -> None:
         if self._migrate:
             self._prepare()
-        predictions.append(self.engine, table)
+        kept = self._connection is not None
+        try:
+            predictions.append(self._connect(), table)
+            return
+        except predictions.RefusedError:
+            raise  # the connection is fine: the database answered
+        except Exception:
+            broken = self._connection is not None and _broken(self._connection)
+            self._disconnect()
+            if not (kept and broken):
+                raise
+        # The kept connection died since the last batch (a restart, an idle timeout): what a
+        # pre-ping at checkout would have caught. Once more, on a new connection.
+        try:
+            predictions.append(self._connect(), table)
+        except predictions.RefusedError:
+            raise
+        except Exception:
+            self._disconnect()
+            raise
+
+
+def _broken(connection: Connection) -> bool:
+    """Whether the connection was lost (as opposed to a statement that failed on it)."""
+    if connection.invalidated or connection.closed:
+        return True
+    raw = connection.connection.dbapi_connection
+    return raw is None or bool(getattr(raw, "broken", False) or getattr(raw, "closed", False))
 
 
 def _first_line(exc: BaseException) -> str:

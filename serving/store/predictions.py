@@ -119,8 +119,11 @@ class RefusedError(Exception):
     """The database refused logged cars for what they hold: writing them again cannot help."""
 
 
-def append(engine: Engine, cars: pa.Table) -> None:
+def append(bind: Engine | Connection, cars: pa.Table) -> None:
     """Insert logged cars (a table of :data:`LOGGED_SCHEMA`) in one transaction.
+
+    ``bind``: an engine (a pooled connection for this call), or a connection not in a
+    transaction, such as the one the log's writer keeps between batches.
 
     PostgreSQL: one ``COPY`` of the table as CSV (Arrow writes it, no Python per car: the
     cheapest bulk load, for the server too); if a request id repeats one already logged, the
@@ -133,20 +136,25 @@ def append(engine: Engine, cars: pa.Table) -> None:
     """
     if cars.num_rows == 0:
         return
+    if isinstance(bind, Engine):
+        with bind.connect() as connection:
+            append(connection, cars)
+        return
+    connection = bind
     try:
-        if engine.dialect.name == "postgresql":
+        if connection.dialect.name == "postgresql":
             import psycopg
 
             try:
-                with engine.begin() as connection:
+                with connection.begin():
                     _copy(connection, cars)
                 return
             except psycopg.errors.UniqueViolation:
                 pass
             except (psycopg.DataError, psycopg.IntegrityError) as exc:
                 raise RefusedError(str(exc)) from exc
-        with engine.begin() as connection:
-            connection.execute(_insert_ignoring_repeats(engine.dialect.name), cars.to_pylist())
+        with connection.begin():
+            connection.execute(_insert_ignoring_repeats(connection.dialect.name), cars.to_pylist())
     except (DataError, IntegrityError) as exc:
         raise RefusedError(str(exc.orig)) from exc
 

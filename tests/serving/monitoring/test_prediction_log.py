@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import event
 
 from serving.inference.features import FEATURE_NAMES, Row, make_row
 from serving.monitoring.prediction_log import PredictionLog
@@ -172,6 +173,53 @@ def test_logged_at_is_the_request_time_whatever_the_database_time_zone() -> None
             engine.dispose()
     logged = df.logged_at.iloc[0].to_pydatetime()
     assert before - timedelta(milliseconds=1) <= logged <= after + timedelta(milliseconds=1)
+
+
+def test_the_writer_keeps_one_connection_between_batches(url: str) -> None:
+    # A checkout of the API's engine pre-pings (a SELECT 1 round trip): once, not per batch.
+    engine = create_db_engine(url, timeout=5)
+    upgrade_engine(engine)
+    checkouts: list[object] = []
+    event.listen(engine, "checkout", lambda *args: checkouts.append(args))
+    log = PredictionLog(engine, queue_max=10_000, batch_rows=5, flush_interval=0.01)
+    log.start()
+    try:
+        for i in range(6):
+            assert record(log, f"r{i}", n=5)
+            wait_for(lambda i=i: log.written == 5 * (i + 1))
+        assert log.close(timeout=30)
+    finally:
+        engine.dispose()
+    assert len(checkouts) == 1
+    assert log.write_errors == 0
+
+
+@pytest.mark.postgres
+def test_a_kept_connection_lost_between_batches_is_replaced_at_once() -> None:
+    """A restart between batches (here: the writer's backend terminated) costs no failed write:
+    the batch goes in on a new connection, as with a pre-ping at every checkout."""
+    with postgres_database() as pg:
+        engine = create_db_engine(pg, timeout=5)
+        upgrade_engine(engine)
+        log = PredictionLog(engine, queue_max=100, batch_rows=1, flush_interval=0.01)
+        log.start()
+        try:
+            assert record(log, "before")
+            wait_for(lambda: log.written == 1)
+            with engine.connect() as connection:
+                killed = connection.exec_driver_sql(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                ).scalar_one()
+            assert killed == 1  # the writer's kept connection
+            assert record(log, "after")
+            wait_for(lambda: log.written == 2)
+            assert log.close(timeout=30)
+            logged = predictions.window(engine, Window()).request_id.tolist()
+        finally:
+            engine.dispose()
+    assert logged == ["before", "after"]
+    assert log.write_errors == 0
 
 
 def test_the_logged_schema_is_the_logged_columns() -> None:
