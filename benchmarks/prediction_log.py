@@ -1,11 +1,12 @@
 """How fast the prediction log can be written to PostgreSQL: rows/s of the batched insert.
 
 The API's writer (:mod:`serving.monitoring.prediction_log`) queues logged cars and inserts them
-with :func:`serving.store.predictions.append`, up to ``CARPRICE_PREDICTION_LOG_BATCH_ROWS``
-(5,000) rows per transaction. This benchmark runs that insert from 1, 2, 4 and 8 processes at
-once (as that many API workers would) into a fresh database on the local server, for a few seconds
-each, and prints the rows/s they reach together: the ceiling of logged cars per second, and
-what a replica's share of it is. The API itself, the queue and the network are not in it.
+with :func:`serving.store.predictions.append` on the one connection it keeps, up to
+``CARPRICE_PREDICTION_LOG_BATCH_ROWS`` (5,000) rows per transaction. This benchmark runs that
+insert from 1, 2, 4 and 8 processes at once (as that many API workers would) into a fresh
+database on the local server, for a few seconds each, and prints the rows/s they reach
+together: the ceiling of logged cars per second, and what a replica's share of it is. The API
+itself, the queue and the network are not in it.
 
     python -m benchmarks.prediction_log [--seconds 4] [--url postgresql+psycopg://...]
 """
@@ -65,6 +66,7 @@ def writer(url: str, batch: int, seconds: float, ready: Any, start: Any, out: An
     from serving.store.predictions import append
 
     engine = create_db_engine(url)
+    connection = engine.connect()  # kept between batches, as the API's writer keeps its own
     records(batch)  # imports done
     ready.put(True)
     start.wait()
@@ -72,9 +74,10 @@ def writer(url: str, batch: int, seconds: float, ready: Any, start: Any, out: An
     began = time.perf_counter()
     while time.perf_counter() < deadline:
         chunk = records(batch)
-        append(engine, chunk)
+        append(connection, chunk)
         written += chunk.num_rows
     out.put((written, time.perf_counter() - began))
+    connection.close()
     engine.dispose()
 
 
