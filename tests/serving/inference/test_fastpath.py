@@ -56,7 +56,9 @@ def holdout() -> pd.DataFrame:
     return x  # also holds Porsches, a category the booster never saw
 
 
-@pytest.mark.parametrize("batch", [1, 7, fastpath.NUMPY_WALK_MAX_ROWS, 17, 250, 3_000])
+@pytest.mark.parametrize(
+    "batch", [1, 2, fastpath.SUCCESSORS_MAX_ROWS, 7, fastpath.PYTHON_BINS_MAX_ROWS, 17, 250, 3_000]
+)
 def test_fast_path_equals_pipeline_predict(loaded: Any, holdout: pd.DataFrame, batch: int) -> None:
     compiled = compile_pipeline(loaded)
     assert compiled is not None
