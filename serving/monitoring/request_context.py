@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
@@ -29,7 +30,15 @@ def request_id_from(header: str | None) -> str:
     """The client's ``X-Request-ID`` when it is a sane token, else a new random id."""
     if header and _VALID_ID.fullmatch(header):
         return header
-    return secrets.token_hex(16)  # 32 hex digits, as uuid4().hex but a third of the cost
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """32 hex digits, time-ordered as a UUIDv7 is: the Unix time in milliseconds (12 digits),
+    then 80 random bits. Ids made later sort after, so the prediction log's unique index on
+    (request_id, row) grows at its right edge instead of at random pages (PostgreSQL: ~1 us a
+    logged car less, and far fewer index pages written after each checkpoint)."""
+    return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
 def current() -> RequestContext | None:

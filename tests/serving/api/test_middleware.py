@@ -128,3 +128,19 @@ def test_a_body_within_the_limit_is_served(small_limit_server: LiveServer) -> No
         timeout=10,
     )
     assert r.status_code == 200, r.text
+
+
+def test_new_request_ids_are_32_hex_digits_in_the_order_they_were_made() -> None:
+    import time
+
+    from serving.monitoring.request_context import new_request_id, request_id_from
+
+    ids = []
+    for _ in range(50):
+        ids.append(new_request_id())
+        time.sleep(0.002)  # a new millisecond: ids of one millisecond are in random order
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    assert ids == sorted(ids)
+    assert len({new_request_id() for _ in range(10_000)}) == 10_000
+    assert request_id_from("abc-1") == "abc-1"  # a client's own id is kept
+    assert len(request_id_from("bad id!")) == 32
