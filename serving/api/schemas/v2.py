@@ -242,8 +242,6 @@ def _validated(value: Any) -> tuple[Cars, str | None]:
 
 
 _REQUEST_KEYS = frozenset(InferenceRequest.model_fields)
-_TENSOR_KEYS = frozenset(("name", "shape", "datatype", "data"))
-_TENSOR_ALL_KEYS = frozenset(BytesTensor.model_fields)
 _OUTPUT_KEYS = frozenset(RequestedOutput.model_fields)
 _DATATYPES = {
     f.name: frozenset(("FP64", "FP32", "INT64", "INT32") if f.numeric else ("BYTES",))
@@ -273,9 +271,11 @@ def _plain(value: Any) -> tuple[Cars, str | None] | None:
     columns: dict[str, list[Any]] = {}
     n = None
     for t in inputs:
-        if type(t) is not dict or not _TENSOR_KEYS <= t.keys() <= _TENSOR_ALL_KEYS:
+        # Four keys, or five with "parameters": those of a tensor if the four are there.
+        if type(t) is not dict or not (len(t) == 4 or (len(t) == 5 and "parameters" in t)):
             return None
-        name, shape, datatype, data = t["name"], t["shape"], t["datatype"], t["data"]
+        name: Any = t.get("name")
+        shape, datatype, data = t.get("shape"), t.get("datatype"), t.get("data")
         datatypes = _DATATYPES.get(name) if type(name) is str else None
         extra = t.get("parameters")
         if (
@@ -285,7 +285,10 @@ def _plain(value: Any) -> tuple[Cars, str | None] | None:
             or datatype not in datatypes
             or not (extra is None or (type(extra) is dict and "binary_data_size" not in extra))
             or type(data) is not list
-            or not _flat_shape(shape, len(data))
+            or type(shape) is not list
+            or not (shape == [len(data)] or shape == [len(data), 1])
+            or type(shape[0]) is not int  # not True for 1
+            or type(shape[-1]) is not int
             or (n is not None and len(data) != n)
             or (datatype in _INTEGERS and float in set(map(type, data)))
         ):
@@ -296,16 +299,6 @@ def _plain(value: Any) -> tuple[Cars, str | None] | None:
         return None
     cars = plain_cars([columns.get(f.name) for f in FEATURES], n)
     return None if cars is None else (cars, request_id)
-
-
-def _flat_shape(shape: Any, rows: int) -> bool:
-    """Whether ``shape`` is ``[rows]`` or ``[rows, 1]``, in JSON integers."""
-    return (
-        type(shape) is list
-        and (shape == [rows] or shape == [rows, 1])
-        and type(shape[0]) is int
-        and type(shape[-1]) is int
-    )
 
 
 def _plain_outputs(outputs: Any) -> bool:
