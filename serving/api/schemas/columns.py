@@ -39,7 +39,8 @@ _CATEGORY: TypeAdapter[str] = TypeAdapter(
 )
 _KNOWN_MAX = 100_000
 _known: dict[str, str] = {}
-"""Category values already judged valid (the value as sent -> trimmed); at most ``_KNOWN_MAX``."""
+"""Category values already judged valid (the value as sent -> trimmed); at most ``_KNOWN_MAX``
+of at most 64 characters as sent (a padded value is judged each time, never kept)."""
 
 
 def category(value: str) -> str | None:
@@ -51,8 +52,8 @@ def category(value: str) -> str | None:
             known = _CATEGORY.validate_python(value)
         except ValidationError:
             return None
-        if len(_known) < _KNOWN_MAX:
-            _known[value] = known
+        if len(_known) < _KNOWN_MAX and len(value) <= MAX_CATEGORY_LENGTH:
+            _known[value] = known  # bounded: at most 100,000 values of at most 64 characters
     return known
 
 

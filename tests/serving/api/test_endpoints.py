@@ -197,3 +197,15 @@ def test_v2_numbers_and_texts_become_row_values(nulls: bool) -> None:
     assert [row["year"] for row in got] == [float(c["year"]) for c in sample]
     assert all(type(row["year"]) is float for row in got)
     assert [row["color"] for row in got] == [c["color"] for c in sample]
+
+
+def test_category_keeps_only_short_values_it_has_judged() -> None:
+    from serving.api.schemas import columns
+
+    padded = "Toyota" + " " * 500
+    assert columns.category(padded) == "Toyota"
+    assert padded not in columns._known  # judged each time: the cache stays small
+    assert columns.category("Toyota ") == "Toyota"
+    assert columns._known["Toyota "] == "Toyota"
+    assert columns.category(" ") is None
+    assert columns.category("a\x00b") is None
