@@ -194,12 +194,9 @@ class CompiledPipeline:
         """
         cars = Cars.from_rows(rows)
         x = np.empty((cars.n, len(self.columns)), dtype=np.float64)
-        for j, (position, codes) in enumerate(self._sources):
-            values = cars.columns[position]
-            if codes is not None:
-                values = list(map(cast(Any, codes.get), values, repeat(math.nan, cars.n)))
+        for j, source in enumerate(self._sources):
             # None becomes NaN in a float64 conversion.
-            x[:, j] = np.array(values, dtype=np.float64)
+            x[:, j] = np.array(_values(cars, *source), dtype=np.float64)
         return x
 
     def bins(self, rows: Sequence[Row]) -> np.ndarray:
@@ -209,10 +206,8 @@ class CompiledPipeline:
         cars = Cars.from_rows(rows)
         missing = self._forest.missing
         columns = []
-        for (position, codes), cuts in zip(self._sources, self._forest.thresholds, strict=True):
-            values: list[Any] = cars.columns[position]
-            if codes is not None:
-                values = list(map(cast(Any, codes.get), values, repeat(math.nan, cars.n)))
+        for source, cuts in zip(self._sources, self._forest.thresholds, strict=True):
+            values = _values(cars, *source)
             if cuts is None:  # NaN compares False: missing, as a negative code
                 columns.append(
                     [int(v) & 255 if v is not None and v >= 0 else missing for v in values]
@@ -277,6 +272,15 @@ class CompiledPipeline:
         bins = self.bins(cars) if small else self.binned(self.encode(cars))
         prices: np.ndarray = self._inverse(self._walk(bins))
         return prices
+
+
+def _values(cars: Cars, position: int, codes: dict[str, float] | None) -> list[Any]:
+    """One input column's values: the feature at ``position``, categories as their ``codes``
+    (an unknown one, or None, as NaN, as the fitted OrdinalEncoder does)."""
+    values: list[Any] = cars.columns[position]
+    if codes is None:
+        return values
+    return list(map(cast(Any, codes.get), values, repeat(math.nan, cars.n)))
 
 
 def _outer_columns(columns_step: Any) -> tuple[list[str], dict[str, dict[str, float]]] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal, TypeVar, cast
+from typing import Annotated, Any, Literal, TypeVar, cast, get_args
 
 import numpy as np
 from pydantic import (
@@ -37,6 +37,9 @@ from serving.inference.cars import Cars
 from serving.inference.features import BY_NAME, FEATURES, MAX_CATEGORY_LENGTH, NUL, Feature
 
 MAX_NAME = 64
+MAX_ID = 256
+MAX_INPUTS = 64
+MAX_OUTPUTS = 8
 
 _T = TypeVar("_T")
 # Every list stops at its first bad item: a body within the limits of serving.api.bodies then
@@ -128,10 +131,10 @@ class InferenceRequest(BaseModel):
         },
     )
 
-    id: str | None = Field(None, max_length=256)
+    id: str | None = Field(None, max_length=MAX_ID)
     parameters: dict[str, Any] | None = None
-    inputs: list[InputTensor] = Field(min_length=1, max_length=64, fail_fast=True)
-    outputs: list[RequestedOutput] | None = Field(None, max_length=8, fail_fast=True)
+    inputs: list[InputTensor] = Field(min_length=1, max_length=MAX_INPUTS, fail_fast=True)
+    outputs: list[RequestedOutput] | None = Field(None, max_length=MAX_OUTPUTS, fail_fast=True)
 
 
 class MetadataTensor(BaseModel):
@@ -243,12 +246,17 @@ def _validated(value: Any) -> tuple[Cars, str | None]:
 
 _REQUEST_KEYS = frozenset(InferenceRequest.model_fields)
 _OUTPUT_KEYS = frozenset(RequestedOutput.model_fields)
+
+
+def _datatypes(*tensors: type[_Tensor]) -> frozenset[str]:
+    return frozenset(d for t in tensors for d in get_args(t.model_fields["datatype"].annotation))
+
+
+_INTEGERS = _datatypes(IntTensor)
 _DATATYPES = {
-    f.name: frozenset(("FP64", "FP32", "INT64", "INT32") if f.numeric else ("BYTES",))
+    f.name: _datatypes(FloatTensor, IntTensor) if f.numeric else _datatypes(BytesTensor)
     for f in FEATURES
 }
-_INTEGERS = frozenset(("INT64", "INT32"))
-_MAX_ID = 256
 
 
 def _plain(value: Any) -> tuple[Cars, str | None] | None:
@@ -261,11 +269,11 @@ def _plain(value: Any) -> tuple[Cars, str | None] | None:
     request_id, parameters = value.get("id"), value.get("parameters")
     inputs, outputs = value.get("inputs"), value.get("outputs")
     if (
-        not (request_id is None or (type(request_id) is str and len(request_id) <= _MAX_ID))
+        not (request_id is None or (type(request_id) is str and len(request_id) <= MAX_ID))
         or not (parameters is None or type(parameters) is dict)
         or not (outputs is None or _plain_outputs(outputs))
         or type(inputs) is not list
-        or not 1 <= len(inputs) <= 64
+        or not 1 <= len(inputs) <= MAX_INPUTS
     ):
         return None
     columns: dict[str, list[Any]] = {}
@@ -304,7 +312,7 @@ def _plain(value: Any) -> tuple[Cars, str | None] | None:
 def _plain_outputs(outputs: Any) -> bool:
     return (
         type(outputs) is list
-        and len(outputs) <= 8
+        and len(outputs) <= MAX_OUTPUTS
         and all(
             type(o) is dict
             and _OUTPUT_KEYS.issuperset(o)
