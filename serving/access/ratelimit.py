@@ -41,9 +41,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from serving import redis_client
 from serving.access.principals import AccessError
 
 log = logging.getLogger(__name__)
@@ -400,15 +400,5 @@ def _ms(rate: Rate) -> int:
 
 
 def connect_redis(url: str, timeout: float) -> RedisClient:
-    """A Redis client for the request path: short timeouts, no retries, no health pings."""
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    client = Redis.from_url(
-        url,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
-    return cast(RedisClient, client)
+    """A Redis client for the request path (:func:`serving.redis_client.connect`)."""
+    return cast(RedisClient, redis_client.connect(url, timeout))

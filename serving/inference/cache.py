@@ -33,11 +33,9 @@ from itertools import repeat
 from typing import Any, Literal, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from serving import redis_client
 from serving.inference.cars import Cars
 from serving.inference.features import Row, row_digest, row_values
 from serving.monitoring.metrics import CACHE_EVENTS
@@ -258,13 +256,7 @@ class RedisCache:
         self.breaker = breaker
         self.url = _redacted(url)
         # No retries, short socket timeouts: a request waits at most ``timeout`` on Redis.
-        self._redis: _Redis = aioredis.Redis.from_url(  # type: ignore[assignment]
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+        self._redis: _Redis = redis_client.connect(url, timeout)  # type: ignore[assignment]
         self._set_script = self._redis.register_script(_SET_SCRIPT)
         self._reads: list[_Read] = []
         self._writes: dict[str, float] = {}
