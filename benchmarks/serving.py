@@ -102,6 +102,38 @@ local function shift(body, delta)
     function(head, list) return head .. string.gsub(list, '(%d+)%.?%d*', km) .. ']' end))
 end
 
+-- ``body`` cut once around its kilometre values (those ``shift`` changes): the text between
+-- them, and the numbers. A perturbed copy is then one table.concat; a gsub over a 300 KB batch
+-- body per request cost wrk ~3 ms of the CPU the servers share.
+local function cut(body)
+  local pattern, from, to = '"km_driven":()(%d+)%.?%d*()', 1, #body
+  local _, open = string.find(body,
+    '"name":"km_driven","shape":%[[%d,]+%],"datatype":"FP64","data":%[')
+  if open ~= nil then  -- a /v2 body: the numbers of the km_driven tensor's data
+    pattern, from, to = '()(%d+)%.?%d*()', open + 1, string.find(body, ']', open, true)
+  end
+  local texts, kms, at = {}, {}, 1
+  for s, km, e in string.gmatch(body, pattern) do
+    if s >= from and s < to then
+      texts[#texts + 1] = string.sub(body, at, s - 1)
+      kms[#kms + 1] = tonumber(km)
+      at = e
+    end
+  end
+  texts[#texts + 1] = string.sub(body, at)
+  return texts, kms
+end
+
+local function perturbed(texts, kms, delta)
+  local out = {}
+  for i = 1, #kms do
+    out[2 * i - 1] = texts[i]
+    out[2 * i] = tostring((kms[i] + delta) % 999000)
+  end
+  out[2 * #kms + 1] = texts[#texts]
+  return table.concat(out)
+end
+
 function request()
   local body
   local k = n * nthreads + id
@@ -111,7 +143,8 @@ function request()
     local wraps = math.floor(k / #bodies)
     if wraps > 0 then body = shift(body, wraps) end  -- past the end: still a new car
   elseif mode == "perturb" then
-    body = shift(bodies[1], k + 1)  -- every car of request k gets k+1 more kilometres
+    if texts == nil then texts, kms = cut(bodies[1]) end
+    body = perturbed(texts, kms, k + 1)  -- every car of request k: k+1 more kilometres
   else
     body = bodies[1]
   end
