@@ -86,14 +86,27 @@ class JsonLimits:
 
 @dataclass(frozen=True, slots=True)
 class JsonDocument:
-    """A JSON body within the limits: its bytes and what they parse to."""
+    """A JSON body within the limits: its bytes and what they parse to.
+
+    Read with ``shape=False`` (:func:`read_json`), the shape limits are still to check
+    (``unchecked``): :func:`check_shape` does it, once the route knows that its plain reading
+    (which proves them) does not apply.
+    """
 
     body: bytes
     value: Any
+    unchecked: JsonLimits | None = None
+    """The limits whose shape part is still to check; None when the body is known within."""
+    commas: int = 0
+    colons: int = 0
 
 
-async def read_json(receive: Receive, limits: JsonLimits) -> JsonDocument:
+async def read_json(receive: Receive, limits: JsonLimits, *, shape: bool = True) -> JsonDocument:
     """The request body from ASGI ``receive``, JSON within ``limits`` (see the module docstring).
+
+    ``shape=False``: the shape limits (step 2) are left to :func:`check_shape`, for a route
+    whose plain reading of a body proves them (the prediction routes: :mod:`serving.api.
+    endpoints`); the value limit and the JSON itself are checked here all the same.
 
     Raises:
         ClientDisconnected: the client went away before the whole body came.
@@ -122,38 +135,53 @@ async def read_json(receive: Receive, limits: JsonLimits) -> JsonDocument:
         if not message.get("more_body", False):
             break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    return JsonDocument(body, _parse(body, limits, commas, colons))
+    document = JsonDocument(body, _decode(body, limits), limits, commas, colons)
+    if shape:
+        check_shape(document)
+        return JsonDocument(body, document.value)
+    return document
 
 
-def _parse(body: bytes, limits: JsonLimits, commas: int, colons: int) -> Any:
-    """``body`` parsed, if it is JSON within ``limits``; ``commas`` and ``colons``: its counts
-    of those bytes, taken while reading it (``max_values`` is checked).
+def _decode(body: bytes, limits: JsonLimits) -> Any:
+    """``body`` parsed, if it is JSON (orjson's own depth limit, 1,024, is past ours).
 
     Raises:
         InvalidJson: empty, or not JSON.
-        LimitExceeded: too deep, too many keys in an object or items in an array, a string
-            too long.
+        LimitExceeded: nested deeper than orjson parses.
     """
     if not body.strip():
         raise InvalidJson("the body is empty: send JSON")
     try:
-        value = orjson.loads(body)
+        return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        if "depth" in str(exc):  # orjson's own limit (1,024) is past ours
+        if "depth" in str(exc):
             raise _too_deep(limits) from None
         raise InvalidJson("the body is not valid JSON") from None
+
+
+def check_shape(document: JsonDocument) -> None:
+    """The shape limits of a document read with ``shape=False`` (nothing to do for one read
+    with them); its counts of commas and colons often prove them without a look at the value.
+
+    Raises:
+        LimitExceeded: too deep, too many keys in an object or items in an array, a string
+            too long.
+    """
+    limits = document.unchecked
+    if limits is None:
+        return
+    body, value, commas, colons = document.body, document.value, document.commas, document.colons
     if (
         colons <= limits.max_keys
         and commas < limits.max_items
         and len(body) <= limits.max_string
         and body.count(b"[") + body.count(b"{") <= limits.max_depth
     ):
-        return value  # the counts prove every limit: no walk
+        return  # the counts prove every limit: no walk
     if len(body) < _WALK_MAX:
         _walk(value, limits)
     else:
         _check(value, limits, strings=not _strings_short(body, limits.max_string))
-    return value
 
 
 _WALK_MAX = 8192

@@ -10,8 +10,9 @@ checks as the stack (the same functions) in the same order:
 
 request id -> credentials (``X-API-Key`` or a bearer token: :func:`~serving.api.security.admit`,
 401) -> rate limit (429) -> the predict role (403) -> body within the JSON limits
-(:func:`~serving.api.bodies.read_json`, 413/422; a client gone mid-body is logged as 499) ->
-validation (:func:`~serving.api.schemas.v1.parse_car` / ``parse_cars``, 422) ->
+(:func:`~serving.api.bodies.read_json`, 413/422; a client gone mid-body is logged as 499; the
+shape limits checked by :func:`~serving.api.endpoints.parse` unless the body's plain reading
+proves them) -> validation (:func:`~serving.api.endpoints.parse`, 422) ->
 :class:`~serving.inference.prediction.PredictionService` -> the same response body and headers
 (a refusal held first, as the stack holds it: :mod:`serving.api.refusals`) -> the same HTTP
 metrics and access-log line. Nothing about the body is looked at before the
@@ -229,12 +230,11 @@ class FastLane:
             check_role(principal, Role.PREDICT)
             if route.model_name is not None:
                 check_model_name(route.model_name, self.fastapi_app.state.settings)
-            document = await read_json(receive, limits)
+            document = await read_json(receive, limits, shape=False)  # checked by run()
             answer = await run(
                 route.endpoint,
                 service,
-                document.body,
-                document.value,
+                document,
                 version=route.model_version,
                 request_id=ctx.request_id,
                 caller=principal.caller,

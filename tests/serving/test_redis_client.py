@@ -57,7 +57,8 @@ def test_what_redis_py_refuses_is_refused_alike(bad: Any) -> None:
 )
 def test_the_urls_connection_kind_is_kept(url: str, base: type) -> None:
     kind = redis_client.connect(url, 0.1).connection_pool.connection_class
-    assert issubclass(kind, base) and kind is not base
+    assert issubclass(kind, base)
+    assert kind is not base
     assert redis_client.connect(url, 0.1).connection_pool.connection_class is kind
 
 

@@ -2,9 +2,10 @@
 
 A parsed body holds the cars' values as JSON gave them. When they are plainly valid (the JSON
 types the strict schemas want, numbers in range, integers whole, categories 1-64 characters
-once trimmed and without NUL), :func:`plain_cars` makes them :class:`~serving.inference.cars.Cars`
-a column at a time, with C loops only (``set(map(type, ...))``, ``min``/``max``, ``map``):
-1,000 cars without a Python step per car, one car without NumPy's fixed costs. Anything else
+once trimmed and without NUL, at most :data:`PLAIN_STRING_MAX` as sent), :func:`plain_cars`
+makes them :class:`~serving.inference.cars.Cars` a column at a time, with C loops only
+(``set(map(type, ...))``, ``min``/``max``, ``map``): 1,000 cars without a Python step per car,
+one car without NumPy's fixed costs. Anything else
 gives ``None``, and the route validates the body in full (pydantic), which names what is wrong;
 what that full validation accepts it makes into the very same cars.
 
@@ -59,6 +60,11 @@ def category(value: str) -> str | None:
 
 _NONE = type(None)
 
+PLAIN_STRING_MAX = 256
+"""The longest category value, as sent, that is plainly valid (a longer one is mostly padding,
+and the full validation judges it): no more than the least ``CARPRICE_MAX_JSON_STRING`` may be,
+so that the strings of a plain body are within the JSON limits (:mod:`serving.api.endpoints`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
@@ -109,13 +115,16 @@ def plain_cars(columns: Sequence[list[Any] | None], n: int) -> Cars | None:
             out.append(numbers)
             continue
         trimmed = {}
-        for v in set(column):
-            if v is not None:
-                canonical = category(v)
-                if canonical is None:
-                    return None
-                if canonical != v:
-                    trimmed[v] = canonical
+        distinct = set(column)
+        distinct.discard(None)
+        if distinct and max(map(len, distinct)) > PLAIN_STRING_MAX:
+            return None
+        for v in distinct:
+            canonical = category(v)
+            if canonical is None:
+                return None
+            if canonical != v:
+                trimmed[v] = canonical
         out.append([trimmed.get(v, v) for v in column] if trimmed else column)
     return Cars(out, n)
 
@@ -137,7 +146,7 @@ def _plain_car(columns: Sequence[list[Any] | None]) -> Cars | None:
                 return None
             out.append([float(v)])
         else:
-            canonical = category(v)
+            canonical = category(v) if len(v) <= PLAIN_STRING_MAX else None
             if canonical is None:
                 return None
             out.append([canonical])

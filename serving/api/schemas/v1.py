@@ -172,19 +172,9 @@ def parse_car(body: bytes) -> Row:
         raise invalid_features_from(errors, ("body",), InvalidRequest) from None
 
 
-def parse_cars(body: bytes, value: Any) -> Cars:
-    """The cars of the list in ``body``, as :func:`parse_car` would validate each; ``value`` is
-    what :func:`serving.api.bodies.read_json` parsed from it.
-
-    A list that is plainly valid (:func:`~serving.api.schemas.columns.plain_cars`, as /v2 takes
-    its tensors) is taken a column at a time (:func:`_as_is`); anything else is validated car by
-    car, which also names what is wrong.
-    """
-    cars = _as_is(value)
-    return cars if cars is not None else _car_by_car(body)
-
-
-def _car_by_car(body: bytes) -> Cars:
+def validated_batch(body: bytes) -> Cars:
+    """The cars of the list in ``body``, each validated as :func:`parse_car` validates one;
+    the error names what is wrong. What :func:`plain_batch` takes, this gives the same cars."""
     try:
         return Cars.from_rows([make_row(car) for car in _STRICT_CARS.validate_json(body)])
     except ValidationError:
@@ -199,10 +189,12 @@ def _car_by_car(body: bytes) -> Cars:
 _FIELDS = frozenset(FEATURE_NAMES)
 
 
-def _as_is(value: Any) -> Cars | None:
-    """``value`` (a parsed body) as cars when its values are plainly valid
-    (:func:`~serving.api.schemas.columns.plain_cars`), taken a column at a time; None when it
-    must be validated car by car."""
+def plain_batch(value: Any) -> Cars | None:
+    """``value`` (a parsed batch body) as cars when it is a list of cars of known fields whose
+    values are plainly valid (:func:`~serving.api.schemas.columns.plain_cars`, as /v2 takes its
+    tensors), taken a column at a time; None when it must be validated car by car
+    (:func:`validated_batch`). Such a list is within the JSON shape limits, but for its
+    length."""
     if type(value) is not list or not value or set(map(type, value)) != {dict}:
         return None
     if not _FIELDS.issuperset(chain.from_iterable(value)):

@@ -26,7 +26,7 @@ from pydantic import (
     ValidationError,
 )
 
-from serving.api.schemas.columns import category, plain_cars
+from serving.api.schemas.columns import PLAIN_STRING_MAX, category, plain_cars
 from serving.errors import (
     InvalidFeatures,
     UnsupportedRequest,
@@ -219,24 +219,14 @@ def refuse_binary(binary_header: str | None) -> None:
         raise UnsupportedRequest(_BINARY)
 
 
-def parse_cars(body: bytes, value: Any) -> tuple[Cars, str | None]:
-    """The cars of an inference request and its ``id``: ``value`` is the parsed ``body``,
-    within the limits of :mod:`serving.api.bodies` (whatever its Content-Type: ``tritonclient``
-    sends none).
-
-    A plainly valid request (:func:`_plain`: tritonclient's shape, values as
-    :func:`~serving.api.schemas.columns.plain_cars` takes them, as /v1 batches are taken) is
-    read as it is; any other is validated in full: :class:`InferenceRequest` checks its shape
-    (pydantic-core, from the parsed value), :func:`to_cars` the features, and the error names
-    what is wrong. Both give the same cars for what both accept.
+def validated(_: bytes, value: Any) -> tuple[Cars, str | None]:
+    """The cars and ``id`` of an inference request (``value``: the parsed body, whatever its
+    Content-Type: ``tritonclient`` sends none), validated in full: :class:`InferenceRequest`
+    checks its shape (pydantic-core, from the parsed value), :func:`to_cars` the features, and
+    the error names what is wrong. What :func:`plain` takes, this gives the same cars.
 
     Raises ``InvalidFeatures`` (422) or ``UnsupportedRequest`` (400) naming what is wrong.
     """
-    plain = _plain(value)
-    return plain if plain is not None else _validated(value)
-
-
-def _validated(value: Any) -> tuple[Cars, str | None]:
     try:
         request = InferenceRequest.model_validate(value)
     except ValidationError as exc:
@@ -259,18 +249,20 @@ _DATATYPES = {
 }
 
 
-def _plain(value: Any) -> tuple[Cars, str | None] | None:
-    """The cars and id of a request that plainly needs no validation beyond its values: a
-    dict of the protocol's keys, JSON types as the schema wants them, every tensor a known,
-    distinct input of the right datatype, shape ``[N]`` or ``[N, 1]`` with N flat values, no
-    binary data; None for anything else (the full validation then judges it)."""
+def plain(value: Any) -> tuple[Cars, str | None] | None:
+    """The cars and id of a request that plainly needs no validation beyond its values
+    (tritonclient's shape): a dict of the protocol's keys, JSON types as the schema wants them,
+    every tensor a known, distinct input of the right datatype, shape ``[N]`` or ``[N, 1]`` with
+    N flat values (as :func:`~serving.api.schemas.columns.plain_cars` takes them), parameters
+    flat (:func:`_flat_parameters`), no binary data; None for anything else (:func:`validated`
+    then judges it). Such a request is within the JSON shape limits, but for N."""
     if type(value) is not dict or not _REQUEST_KEYS.issuperset(value):
         return None
     request_id, parameters = value.get("id"), value.get("parameters")
     inputs, outputs = value.get("inputs"), value.get("outputs")
     if (
         not (request_id is None or (type(request_id) is str and len(request_id) <= MAX_ID))
-        or not (parameters is None or type(parameters) is dict)
+        or not (parameters is None or _flat_parameters(parameters))
         or not (outputs is None or _plain_outputs(outputs))
         or type(inputs) is not list
         or not 1 <= len(inputs) <= MAX_INPUTS
@@ -291,7 +283,7 @@ def _plain(value: Any) -> tuple[Cars, str | None] | None:
             or name in columns
             or type(datatype) is not str
             or datatype not in datatypes
-            or not (extra is None or (type(extra) is dict and "binary_data_size" not in extra))
+            or not (extra is None or (_flat_parameters(extra) and "binary_data_size" not in extra))
             or type(data) is not list
             or type(shape) is not list
             or not (shape == [len(data)] or shape == [len(data), 1])
@@ -317,8 +309,27 @@ def _plain_outputs(outputs: Any) -> bool:
             type(o) is dict
             and _OUTPUT_KEYS.issuperset(o)
             and o.get("name") == OUTPUT.name
-            and (o.get("parameters") is None or type(o.get("parameters")) is dict)
+            and (o.get("parameters") is None or _flat_parameters(o.get("parameters")))
             for o in outputs
+        )
+    )
+
+
+_SCALARS = frozenset((bool, int, float, type(None)))
+_FLAT_MAX = 16  # keys of a flat parameters object: at most the least CARPRICE_MAX_JSON_KEYS
+
+
+def _flat_parameters(parameters: Any) -> bool:
+    """Whether ``parameters`` is a small flat object (at most 16 keys, values numbers, booleans,
+    null or strings, keys and strings at most ``PLAIN_STRING_MAX`` long), as clients send
+    (``{"binary_data": false}``): within the JSON limits, whatever their settings."""
+    return (
+        type(parameters) is dict
+        and len(parameters) <= _FLAT_MAX
+        and all(
+            len(k) <= PLAIN_STRING_MAX
+            and (type(v) in _SCALARS or (type(v) is str and len(v) <= PLAIN_STRING_MAX))
+            for k, v in parameters.items()
         )
     )
 

@@ -61,9 +61,17 @@ def _document(rng: random.Random, depth: int = 1) -> Any:
     return rng.choice([*_TEXTS, 1, 2.5, None, True])
 
 
+def _parse(body: bytes, limits: bodies.JsonLimits) -> Any:
+    """``body`` parsed and its shape checked, as :func:`bodies.read_json` does."""
+    value = bodies._decode(body, limits)
+    document = bodies.JsonDocument(body, value, limits, body.count(b","), body.count(b":"))
+    bodies.check_shape(document)
+    return value
+
+
 def _outcome(body: bytes) -> set[str]:
     try:
-        bodies._parse(body, LIMITS, body.count(b","), body.count(b":"))
+        _parse(body, LIMITS)
     except LimitExceeded as exc:
         return {exc.details[0]["type"]}
     return set()
@@ -126,7 +134,7 @@ def test_a_big_batch_is_checked_level_by_level_and_refused_past_a_limit() -> Non
     cars = [{"brand": "é" * 300, "km_driven": i, "x": [[{"y": None}]]} for i in range(300)]
     body = orjson.dumps(cars)
     assert len(body) > bodies._WALK_MAX
-    assert bodies._parse(body, limits, body.count(b","), body.count(b":")) == cars
+    assert _parse(body, limits) == cars
     deep: Any = []
     for _ in range(32):
         deep = [deep]
@@ -138,5 +146,5 @@ def test_a_big_batch_is_checked_level_by_level_and_refused_past_a_limit() -> Non
     ]:
         body = orjson.dumps(broken)
         with pytest.raises(LimitExceeded) as refused:
-            bodies._parse(body, limits, body.count(b","), body.count(b":"))
+            _parse(body, limits)
         assert refused.value.details[0]["type"] == kind
