@@ -135,11 +135,11 @@ async def read_json(receive: Receive, limits: JsonLimits, *, shape: bool = True)
         if not message.get("more_body", False):
             break
     body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    document = JsonDocument(body, _decode(body, limits), limits, commas, colons)
-    if shape:
-        check_shape(document)
-        return JsonDocument(body, document.value)
-    return document
+    value = _decode(body, limits)
+    if not shape:
+        return JsonDocument(body, value, limits, commas, colons)
+    _check_shape(body, value, limits, commas, colons)
+    return JsonDocument(body, value)
 
 
 def _decode(body: bytes, limits: JsonLimits) -> Any:
@@ -167,10 +167,13 @@ def check_shape(document: JsonDocument) -> None:
         LimitExceeded: too deep, too many keys in an object or items in an array, a string
             too long.
     """
-    limits = document.unchecked
-    if limits is None:
-        return
-    body, value, commas, colons = document.body, document.value, document.commas, document.colons
+    if document.unchecked is not None:
+        _check_shape(
+            document.body, document.value, document.unchecked, document.commas, document.colons
+        )
+
+
+def _check_shape(body: bytes, value: Any, limits: JsonLimits, commas: int, colons: int) -> None:
     if (
         colons <= limits.max_keys
         and commas < limits.max_items

@@ -230,7 +230,7 @@ class FastLane:
             check_role(principal, Role.PREDICT)
             if route.model_name is not None:
                 check_model_name(route.model_name, self.fastapi_app.state.settings)
-            document = await read_json(receive, limits, shape=False)  # checked by run()
+            document = await read_json(receive, limits, shape=False)  # see endpoints.parse
             answer = await run(
                 route.endpoint,
                 service,

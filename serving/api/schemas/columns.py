@@ -5,9 +5,9 @@ types the strict schemas want, numbers in range, integers whole, categories 1-64
 once trimmed and without NUL, at most :data:`PLAIN_STRING_MAX` as sent), :func:`plain_cars`
 makes them :class:`~serving.inference.cars.Cars` a column at a time, with C loops only
 (``set(map(type, ...))``, ``min``/``max``, ``map``): 1,000 cars without a Python step per car,
-one car without NumPy's fixed costs. Anything else
-gives ``None``, and the route validates the body in full (pydantic), which names what is wrong;
-what that full validation accepts it makes into the very same cars.
+one car without NumPy's fixed costs. Anything else gives ``None``, and the route validates the
+body in full (pydantic), which names what is wrong; what that full validation accepts it makes
+into the very same cars.
 
 :func:`category` is the one judge of a categorical value for both API versions.
 """
