@@ -99,6 +99,11 @@ class MemoryCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def max_entries(self) -> int:
+        """Most entries kept (the least recently used go first)."""
+        return self._max
+
     def key(self, model_name: str, model_version: str, row: Row) -> Hashable:
         return (model_name, model_version, row_values(row))
 
@@ -378,12 +383,24 @@ class RedisCache:
         await self._redis.aclose()
 
 
+L1_ADMIT_SHARE = 0.01
+"""The largest share of the L1 that one request's new prices enter at once (see
+:class:`TieredCache`)."""
+
+
 class TieredCache:
     """An in-process L1 in front of Redis: hits never leave the process, misses ask Redis
-    (one ``MGET`` per event-loop turn), new prices go to both (Redis behind the request).
+    (one ``MGET`` per event-loop turn), new prices go to Redis (behind the request) and, for
+    requests of up to :data:`L1_ADMIT_SHARE` of the L1, to the L1 as well.
 
     Both tiers use the Redis key (:meth:`RedisCache.keys`): one digest per car and request,
     computed once, whichever tier answers.
+
+    Admission: the new prices of a bigger request (a batch of 1,000 cars is 10 % of the
+    default L1) go to Redis only, and enter the L1 when a later request finds them there.
+    Admitted at once, each such batch would push out that many of the cars this worker is
+    asked for again and again (a few batches a second empty the L1 of them) for cars nobody
+    has asked for twice yet; it would also cost the batch ~0.5 ms of LRU bookkeeping.
     """
 
     backend = "redis"
@@ -391,6 +408,8 @@ class TieredCache:
     def __init__(self, l1: MemoryCache, l2: RedisCache) -> None:
         self.l1 = l1
         self.l2 = l2
+        self.admit_max = max(1, int(l1.max_entries * L1_ADMIT_SHARE))
+        """Most new prices of one request that go to the L1 at once."""
 
     def key(self, model_name: str, model_version: str, row: Row) -> str:
         return self.l2.key(model_name, model_version, row)
@@ -413,7 +432,8 @@ class TieredCache:
         return prices
 
     async def set_many(self, items: Mapping[str, float]) -> None:
-        self.l1.set_now(items)
+        if len(items) <= self.admit_max:
+            self.l1.set_now(items)
         await self.l2.set_many(items)
 
     async def drain(self) -> None:

@@ -271,6 +271,42 @@ def test_the_l1_answers_what_it_has_seen_and_asks_redis_for_the_rest(
     run(scenario())
 
 
+def test_a_big_request_enters_the_l1_only_when_asked_for_again(
+    redis_db: redis.Redis[bytes], redis_namespace: str
+) -> None:
+    """New prices of more than 1 % of the L1 go to Redis only: a batch does not push out the
+    cars the worker is asked for again and again; found in Redis later, they enter the L1."""
+
+    async def scenario() -> None:
+        settings = make_settings(
+            None, cache_url=REDIS_URL, cache_l1_entries=1000, cache_namespace=redis_namespace
+        )
+        cache = build_cache(settings)
+        assert isinstance(cache, TieredCache)
+        assert cache.admit_max == 10
+        hot = f"{redis_namespace}hot"
+        small = {f"{redis_namespace}small{i}": float(i) for i in range(10)}
+        batch = {f"{redis_namespace}batch{i}": float(i) for i in range(995)}
+        await cache.set_many({hot: 1.0})
+        await cache.set_many(small)  # 10 = 1 % of the L1: in at once
+        await cache.set_many(batch)
+        await cache.drain()
+        assert len(cache.l1) == 11  # the batch did not enter: the hot car is still there
+        spy = Spy(cache.l2._redis)
+        cache.l2._redis = spy
+        assert await cache.get_many([hot, *small]) == [1.0, *small.values()]
+        assert spy.calls == []  # all from the L1
+        keys = list(batch)
+        assert await cache.get_many(keys) == list(batch.values())  # from Redis ...
+        assert spy.calls == ["mget"]
+        assert len(cache.l1) == 1000  # ... and now in the L1 (the least recent went)
+        assert await cache.get_many(keys) == list(batch.values())
+        assert spy.calls == ["mget"]
+        await cache.aclose()
+
+    run(scenario())
+
+
 def test_a_garbled_value_in_redis_is_a_miss(
     redis_db: redis.Redis[bytes], redis_namespace: str
 ) -> None:
