@@ -8,6 +8,13 @@ database on the local server, for a few seconds each, and prints the rows/s they
 together: the ceiling of logged cars per second, and what a replica's share of it is. The API
 itself, the queue and the network are not in it.
 
+Then what one logged car costs the database server (local only: read from the backend's
+``/proc`` entry): the CPU of the backend per row over 30 ``COPY`` batches of 5,000 rows, for
+the table as migrated and for copies of it without its indexes, down to a bare heap with no
+index at all (the floor of one row per car; the BRIN index stays in every variant but the
+last). On a machine whose cores the API shares with PostgreSQL, this is what logging costs
+the API's throughput beyond the API's own work.
+
     python -m benchmarks.prediction_log [--seconds 4] [--url postgresql+psycopg://...]
 """
 
@@ -15,10 +22,11 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import secrets
 import time
-import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -37,13 +45,14 @@ def records(batch: int) -> Any:
     ``LOGGED_SCHEMA``, one request per 10 cars."""
     import pyarrow as pa
 
+    from serving.monitoring.request_context import new_request_id
     from serving.store.predictions import LOGGED_SCHEMA
 
     now = datetime.now(UTC)
     rows = []
     for i in range(batch):
         if i % 10 == 0:
-            request_id = uuid.uuid4().hex
+            request_id = new_request_id()  # as the API makes them: time-ordered
         rows.append(
             {
                 "request_id": request_id,
@@ -99,6 +108,57 @@ def measure(url: str, writers: int, batch: int, seconds: float) -> float:
     return float(sum(w for w, _ in results) / max(e for _, e in results))
 
 
+FLOOR_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("as migrated", ()),
+    ("without the unique (request_id, row)",
+     ("ALTER TABLE prediction_log DROP CONSTRAINT uq_prediction_log_request_id_row",)),
+    ("without the id column (its key and sequence)",
+     ("ALTER TABLE prediction_log DROP COLUMN id",)),
+    ("without any index (the bare heap)",
+     ("ALTER TABLE prediction_log DROP CONSTRAINT uq_prediction_log_request_id_row",
+      "ALTER TABLE prediction_log DROP COLUMN id",
+      "DROP INDEX ix_prediction_log_logged_at")),
+)  # fmt: skip
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu_per_row(batches: int = 30, batch: int = 5000) -> list[tuple[str, float]]:
+    """Backend CPU (us) per logged row for each of :data:`FLOOR_VARIANTS`, each in a fresh
+    database of the local server."""
+    from serving.store.database import create_db_engine, upgrade
+    from serving.store.predictions import append
+
+    tables = [records(batch) for _ in range(batches + 1)]
+    out = []
+    for label, statements in FLOOR_VARIANTS:
+        name = f"carprice_bench_{secrets.token_hex(4)}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+            upgrade(url)
+            engine = create_db_engine(url)
+            with engine.connect() as connection:
+                for statement in statements:
+                    connection.exec_driver_sql(statement)
+                pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+                connection.commit()
+                append(connection, tables[0])  # warm: the first COPY, plans, caches
+                before = _cpu_s(pid)
+                for table in tables[1:]:
+                    append(connection, table)
+                out.append((label, (_cpu_s(pid) - before) / (batches * batch) * 1e6))
+            engine.dispose()
+        finally:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -123,6 +183,9 @@ def main() -> None:
         if name is not None:
             with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    print("\nPostgreSQL backend CPU per logged car (30 COPYs of 5,000 rows, local server):")
+    for label, us in server_cpu_per_row():
+        print(f"  {label:46} {us:5.2f} us a row", flush=True)
 
 
 if __name__ == "__main__":
