@@ -9,11 +9,11 @@ together: the ceiling of logged cars per second, and what a replica's share of i
 itself, the queue and the network are not in it.
 
 Then what one logged car costs the database server (local only: read from the backend's
-``/proc`` entry): the CPU of the backend per row over 30 ``COPY`` batches of 5,000 rows, for
-the table as migrated and for copies of it without its indexes, down to a bare heap with no
-index at all (the floor of one row per car; the BRIN index stays in every variant but the
-last). On a machine whose cores the API shares with PostgreSQL, this is what logging costs
-the API's throughput beyond the API's own work.
+``/proc`` entry): the CPU of the backend per row over 30 ``COPY`` batches of 5,000 rows, 3
+times, for the table as migrated and for copies of it without its indexes, down to a bare
+heap with no index at all (the floor of one row per car; the BRIN index stays in every variant
+but the last). On a machine whose cores the API shares with PostgreSQL, this is what logging
+costs the API's throughput beyond the API's own work.
 
     python -m benchmarks.prediction_log [--seconds 4] [--url postgresql+psycopg://...]
 """
@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import secrets
+import statistics
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import psycopg
+
+from benchmarks.hostile import _cpu_s
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CAR: dict[str, Any] = {
@@ -121,42 +122,47 @@ FLOOR_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )  # fmt: skip
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def server_cpu_per_row(
+    batches: int = 30, batch: int = 5000, repeats: int = 3
+) -> list[tuple[str, list[float]]]:
+    """Backend CPU (us) per logged row for each of :data:`FLOOR_VARIANTS`, ``repeats`` times
+    (the variants taking turns), each time in a fresh database of the local server."""
+    tables = [records(batch) for _ in range(batches + 1)]
+    out: dict[str, list[float]] = {label: [] for label, _ in FLOOR_VARIANTS}
+    for _ in range(repeats):
+        for label, statements in FLOOR_VARIANTS:
+            out[label].append(_server_cpu_per_row(statements, tables) / batch * 1e6)
+    return list(out.items())
 
 
-def server_cpu_per_row(batches: int = 30, batch: int = 5000) -> list[tuple[str, float]]:
-    """Backend CPU (us) per logged row for each of :data:`FLOOR_VARIANTS`, each in a fresh
-    database of the local server."""
+def _server_cpu_per_row(statements: tuple[str, ...], tables: list[Any]) -> float:
+    """Backend CPU seconds per batch of ``tables[1:]`` after ``statements``, in a fresh
+    database."""
     from serving.store.database import create_db_engine, upgrade
     from serving.store.predictions import append
 
-    tables = [records(batch) for _ in range(batches + 1)]
-    out = []
-    for label, statements in FLOOR_VARIANTS:
-        name = f"carprice_bench_{secrets.token_hex(4)}"
+    name = f"carprice_bench_{secrets.token_hex(4)}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        upgrade(url)
+        engine = create_db_engine(url)
+        with engine.connect() as connection:
+            for statement in statements:
+                connection.exec_driver_sql(statement)
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+            connection.commit()
+            append(connection, tables[0])  # warm: the first COPY, plans, caches
+            before = _cpu_s([pid])
+            for table in tables[1:]:
+                append(connection, table)
+            spent = (_cpu_s([pid]) - before) / (len(tables) - 1)
+        engine.dispose()
+        return spent
+    finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-            upgrade(url)
-            engine = create_db_engine(url)
-            with engine.connect() as connection:
-                for statement in statements:
-                    connection.exec_driver_sql(statement)
-                pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
-                connection.commit()
-                append(connection, tables[0])  # warm: the first COPY, plans, caches
-                before = _cpu_s(pid)
-                for table in tables[1:]:
-                    append(connection, table)
-                out.append((label, (_cpu_s(pid) - before) / (batches * batch) * 1e6))
-            engine.dispose()
-        finally:
-            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    return out
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def main() -> None:
@@ -183,9 +189,10 @@ def main() -> None:
         if name is not None:
             with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    print("\nPostgreSQL backend CPU per logged car (30 COPYs of 5,000 rows, local server):")
-    for label, us in server_cpu_per_row():
-        print(f"  {label:46} {us:5.2f} us a row", flush=True)
+    print("\nPostgreSQL backend CPU per logged car (30 COPYs of 5,000 rows, local server;")
+    print("least and median of 3 runs, the variants taking turns):")
+    for label, runs in server_cpu_per_row():
+        print(f"  {label:46} {min(runs):5.2f} / {statistics.median(runs):5.2f} us a row")
 
 
 if __name__ == "__main__":
