@@ -109,16 +109,14 @@ def measure(url: str, writers: int, batch: int, seconds: float) -> float:
     return float(sum(w for w, _ in results) / max(e for _, e in results))
 
 
+_DROP_UNIQUE = "ALTER TABLE prediction_log DROP CONSTRAINT uq_prediction_log_request_id_row"
+_DROP_ID = "ALTER TABLE prediction_log DROP COLUMN id"
 FLOOR_VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("as migrated", ()),
-    ("without the unique (request_id, row)",
-     ("ALTER TABLE prediction_log DROP CONSTRAINT uq_prediction_log_request_id_row",)),
-    ("without the id column (its key and sequence)",
-     ("ALTER TABLE prediction_log DROP COLUMN id",)),
+    ("without the unique (request_id, row)", (_DROP_UNIQUE,)),
+    ("without the id column (its key and sequence)", (_DROP_ID,)),
     ("without any index (the bare heap)",
-     ("ALTER TABLE prediction_log DROP CONSTRAINT uq_prediction_log_request_id_row",
-      "ALTER TABLE prediction_log DROP COLUMN id",
-      "DROP INDEX ix_prediction_log_logged_at")),
+     (_DROP_UNIQUE, _DROP_ID, "DROP INDEX ix_prediction_log_logged_at")),
 )  # fmt: skip
 
 

@@ -276,14 +276,17 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
                             if got["on"]["requests"] and got["off"]["requests"]
                             else None
                         )
-                        if cpu_ratio is not None:
+                        # The same without the log database's CPU: the overhead in the API
+                        # processes alone, as where PostgreSQL has cores of its own.
+                        api_cpu_ratio = (
+                            got["off"]["cpu_us_per_request"]
+                            / (got["on"]["cpu_us_per_request"] - got["on"]["db_cpu_us"])
+                            if cpu_ratio is not None
+                            else None
+                        )
+                        if cpu_ratio is not None and api_cpu_ratio is not None:
                             cpu_ratios.append(cpu_ratio)
-                            # The same without the log database's CPU: the overhead in the API
-                            # processes alone, as where PostgreSQL has cores of its own.
-                            api_cpu_ratios.append(
-                                got["off"]["cpu_us_per_request"]
-                                / (got["on"]["cpu_us_per_request"] - got["on"]["db_cpu_us"])
-                            )
+                            api_cpu_ratios.append(api_cpu_ratio)
                         # A slice in which no request completed (a loaded machine, 1,000-car
                         # batches) has no ratio: it is left out of the median, and reported.
                         ratio = (
@@ -304,7 +307,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
                             f"{got['off']['cpu_us_per_request']:.0f} (off/on "
                             f"{'n/a' if cpu_ratio is None else f'{cpu_ratio:.1%}'}; "
                             "without PostgreSQL "
-                            f"{f'{api_cpu_ratios[-1]:.1%}' if cpu_ratio is not None else 'n/a'})",
+                            f"{'n/a' if api_cpu_ratio is None else f'{api_cpu_ratio:.1%}'})",
                             flush=True,
                         )
                     overhead[kind] = {
