@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import pandas as pd
 from pipelines.atomic import atomic_path, write_text
 from pipelines.contract import DataContract, build_contract
 from pipelines.params import Params, PreprocessParams, load_params
+from pipelines.process import finish
 from pipelines.progress import Progress
 
 PROCESSED = Path("data/processed")
@@ -123,4 +123,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -39,6 +38,7 @@ from pipelines.atomic import atomic_path, write_text
 from pipelines.contract import CATEGORICAL, FEATURES, NUMERICAL, TARGET, DataContract
 from pipelines.params import Params, TrainParams, load_params
 from pipelines.preprocess import PROCESSED
+from pipelines.process import finish
 from pipelines.progress import Progress
 from pipelines.threads import concurrent_fits, limit_openmp
 from pipelines.validate import contract_from
@@ -236,7 +236,7 @@ SKOPS_TRUSTED_TYPES = [
 ]
 
 
-def _pip_requirements() -> list[str]:
+def pip_requirements() -> list[str]:
     """Pinned requirements of the model, given explicitly: MLflow's inference of them
     loads the model in a subprocess and costs ~10 s per run."""
     from importlib.metadata import version
@@ -284,7 +284,7 @@ def log_run(
             input_example=example,
             serialization_format="skops",
             skops_trusted_types=SKOPS_TRUSTED_TYPES,
-            pip_requirements=_pip_requirements(),
+            pip_requirements=pip_requirements(),
             extra_files=[str(contract_path), str(reference_path)],
             metadata={"feature_columns": list(FEATURES), "target": TARGET},
         )
@@ -341,4 +341,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())

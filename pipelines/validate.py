@@ -21,6 +21,7 @@ import pandas as pd
 from pipelines.atomic import write_text
 from pipelines.contract import DataContract, build_contract
 from pipelines.params import Params, load_params
+from pipelines.process import finish
 from pipelines.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -297,4 +298,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    finish(main())
