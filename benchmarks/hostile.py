@@ -45,6 +45,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from benchmarks import processes
+from benchmarks.processes import children_cpu_s, cpu_s
 from benchmarks.serving import (
     DEFAULT_URI,
     ROOT,
@@ -189,34 +191,6 @@ def _probe(port: int, seconds: float, go: Any, out: Any) -> None:
     out.put({"role": "probe", "latencies": latencies, "cpu_s": _cpu_self() - cpu})
 
 
-def _workers(pid: int) -> list[int]:
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    # uvicorn's workers are spawned interpreters; multiprocessing's resource tracker is not one.
-    return [
-        int(p)
-        for p in children
-        if b"resource_tracker" not in Path(f"/proc/{p}/cmdline").read_bytes()
-    ]
-
-
-def _cpu_s(pids: list[int]) -> float:
-    """CPU seconds the processes' live threads have run (schedstat: nanoseconds, exact)."""
-    total = 0
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                total += int((task / "schedstat").read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                continue  # a thread that just ended
-    return total / 1e9
-
-
-def _children_cpu_s() -> float:
-    """CPU seconds of this process's finished children (wrk, the probe, the hostile clients)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _send_all(clients: list[_Client], path: str, body: bytes, key: str, each: int) -> Counter[str]:
     """``each`` requests on every client's connection, the clients at once (a refusal is held
     for CARPRICE_REFUSAL_DELAY: one connection after another would take that many times it)."""
@@ -247,18 +221,18 @@ def cost(port: int, key: str, workers: list[int], requests: int) -> dict[str, An
     """
     out: dict[str, Any] = {}
     connections, each = requests, 1
-    before, started = _cpu_s(workers), time.perf_counter()
+    before, started = cpu_s(workers), time.perf_counter()
     time.sleep(3)
-    idle_per_s = (_cpu_s(workers) - before) / (time.perf_counter() - started)
+    idle_per_s = (cpu_s(workers) - before) / (time.perf_counter() - started)
     out["idle"] = {"server_cpu_ms_per_s": idle_per_s * 1000}
     for name, path, body in hostile_bodies():
         for who, k in (("bogus", BOGUS_KEY), ("valid", key)):
             clients = [_Client(port) for _ in range(connections)]
             _send_all(clients, path, body, k, 1)
-            before, started = _cpu_s(workers), time.perf_counter()
+            before, started = cpu_s(workers), time.perf_counter()
             statuses = _send_all(clients, path, body, k, each)
             wall = time.perf_counter() - started
-            cpu = _cpu_s(workers) - before - idle_per_s * wall
+            cpu = cpu_s(workers) - before - idle_per_s * wall
             for c in clients:
                 c.conn.close()
             out[f"{name} / {who} key"] = {
@@ -306,7 +280,7 @@ def phase(
     ]
     for p in procs:
         p.start()
-    workers = _workers(_server_pid(port))
+    workers = processes.workers(_server_pid(port))
     rss_before = {w: _rss_mb(w) for w in workers}
     peak = dict(rss_before)
     stop = threading.Event()
@@ -320,12 +294,12 @@ def phase(
     watcher.start()
     url = f"http://127.0.0.1:{port}/v1/predict"
     go.wait(timeout=180)
-    server_cpu, started = _cpu_s(workers), time.perf_counter()
-    wrk_cpu = _children_cpu_s()
+    server_cpu, started = cpu_s(workers), time.perf_counter()
+    wrk_cpu = children_cpu_s()
     legit = wrk(url, stream, "cycle", args, offset=offset, seconds=seconds, api_key=key)
-    wrk_cpu = _children_cpu_s() - wrk_cpu
+    wrk_cpu = children_cpu_s() - wrk_cpu
     results = [out.get(timeout=seconds + 120) for _ in procs]
-    server_cpu = _cpu_s(workers) - server_cpu
+    server_cpu = cpu_s(workers) - server_cpu
     wall = time.perf_counter() - started
     for p in procs:
         p.join(30)
@@ -387,7 +361,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     rounds = []
     with server(cmd, env, f"http://127.0.0.1:{port}/v2/health/ready", workdir / "api.log"):
         wrk(f"http://127.0.0.1:{port}/v1/predict", stream, "cycle", args, seconds=2, api_key=key)
-        costs = cost(port, key, _workers(_server_pid(port)), args.cost_requests)
+        costs = cost(port, key, processes.workers(_server_pid(port)), args.cost_requests)
         print(f"idle: server CPU {costs['idle']['server_cpu_ms_per_s']:.1f} ms/s", flush=True)
         for kind, c in costs.items():
             if kind == "idle":

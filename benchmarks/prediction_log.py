@@ -30,7 +30,7 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.hostile import _cpu_s
+from benchmarks.processes import cpu_s
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CAR: dict[str, Any] = {
@@ -152,10 +152,10 @@ def _server_cpu_per_row(statements: tuple[str, ...], tables: list[Any]) -> float
             pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
             connection.commit()
             append(connection, tables[0])  # warm: the first COPY, plans, caches
-            before = _cpu_s([pid])
+            before = cpu_s([pid])
             for table in tables[1:]:
                 append(connection, table)
-            spent = (_cpu_s([pid]) - before) / (len(tables) - 1)
+            spent = (cpu_s([pid]) - before) / (len(tables) - 1)
         engine.dispose()
         return spent
     finally:

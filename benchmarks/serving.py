@@ -27,7 +27,9 @@ over the rounds and each ratio's median over the rounds' ratios.
 The model is ``models:/car-price@production`` of ``MLFLOW_TRACKING_URI`` (default: the
 project's ``mlruns/mlflow.db``, run ``make train`` first), or with ``--temp-model`` one trained
 here with ``params.yaml``'s hyper-parameters into a temporary registry. Prints requests/s,
-rows/s, p50/p99, the ratios and the issue's targets (exit status 1 if one is not met), and
+rows/s, p50/p99, the CPU per request of the server (all its processes) and of ``wrk`` (which
+shares the cores: a bigger body costs the client too), the ratios and the issue's targets (exit
+status 1 if one is not met), and
 writes ``benchmarks/results/serving.json`` (medians and every round).
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``), ``redis-server`` and PostgreSQL on
@@ -58,6 +60,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from benchmarks.processes import children_cpu_s, cpu_s, server_pids
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
 DEFAULT_URI = f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
@@ -74,37 +78,11 @@ function setup(thread)
   table.insert(threads, thread)
 end
 
-function init(args)
-  bodies = {}
-  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
-  mode = args[2]
-  n = tonumber(args[3])
-  nthreads = tonumber(args[4])
-  hits = 0
-  responses = 0
-  bad = 0
-  wrk.method = "POST"
-  wrk.headers["Content-Type"] = "application/json"
-  if args[5] ~= nil and args[5] ~= "" then wrk.headers["X-API-Key"] = args[5] end
-end
-
--- The kilometres of every car in ``body`` plus ``delta``, wrapped into the valid range: /v1
--- ("km_driven":N) and /v2 bodies (the km_driven tensor's data). An unbounded shift made cars
--- invalid after ~100,000 requests: 422s, not prices.
-local function shift(body, delta)
-  local function km(n) return tostring((tonumber(n) + delta) % 999000) end
-  local out, found = string.gsub(body, '"km_driven":(%d+)%.?%d*', function(n)
-    return '"km_driven":' .. km(n)
-  end)
-  if found > 0 then return out end
-  return (string.gsub(body,
-    '("name":"km_driven","shape":%[[%d,]+%],"datatype":"FP64","data":%[)([^%]]*)%]',
-    function(head, list) return head .. string.gsub(list, '(%d+)%.?%d*', km) .. ']' end))
-end
-
--- ``body`` cut once around its kilometre values (those ``shift`` changes): the text between
--- them, and the numbers. A perturbed copy is then one table.concat; a gsub over a 300 KB batch
--- body per request cost wrk ~3 ms of the CPU the servers share.
+-- ``body`` cut once around its kilometre values (/v1 "km_driven":N, /v2 the km_driven tensor's
+-- data): the text between them, and the numbers. A perturbed copy is then one table.concat,
+-- the kilometres wrapped into the valid range (unbounded, cars became 422s after ~100,000
+-- requests). A gsub per request cost wrk ~3 ms a 300 KB batch body, of the CPU the servers
+-- share.
 local function cut(body)
   local pattern, from, to = '"km_driven":()(%d+)%.?%d*()', 1, #body
   local _, open = string.find(body,
@@ -124,6 +102,21 @@ local function cut(body)
   return texts, kms
 end
 
+-- Where a one-car body (/v1 or /v2) has its kilometres' digits: [s, e), or nil (null). Plain
+-- finds, a few microseconds: a pattern over the body per request cost wrk 30 us more a /v2
+-- car than a /v1 one (and ahead of the run, in init, it would count in the run's requests).
+local function km_digits(body)
+  local _, last = string.find(body, '"km_driven":', 1, true)
+  if last == nil then
+    _, last = string.find(body, '"name":"km_driven"', 1, true)
+    if last ~= nil then _, last = string.find(body, '"data":[', last, true) end
+  end
+  if last == nil then return nil end
+  local e = string.find(body, "[^%d]", last + 1) or (#body + 1)
+  if e == last + 1 then return nil end
+  return last + 1, e
+end
+
 local function perturbed(texts, kms, delta)
   local out = {}
   for i = 1, #kms do
@@ -134,14 +127,34 @@ local function perturbed(texts, kms, delta)
   return table.concat(out)
 end
 
+function init(args)
+  bodies = {}
+  for line in io.lines(args[1]) do bodies[#bodies + 1] = line end
+  mode = args[2]
+  n = tonumber(args[3])
+  nthreads = tonumber(args[4])
+  hits = 0
+  responses = 0
+  bad = 0
+  wrk.method = "POST"
+  wrk.headers["Content-Type"] = "application/json"
+  if args[5] ~= nil and args[5] ~= "" then wrk.headers["X-API-Key"] = args[5] end
+end
+
 function request()
   local body
   local k = n * nthreads + id
   n = n + 1
   if mode == "cycle" then
-    body = bodies[(k % #bodies) + 1]
+    local i = (k % #bodies) + 1
     local wraps = math.floor(k / #bodies)
-    if wraps > 0 then body = shift(body, wraps) end  -- past the end: still a new car
+    body = bodies[i]
+    local s, e = nil, nil
+    if wraps > 0 then s, e = km_digits(body) end
+    if s ~= nil then  -- past the end: ``wraps`` more kilometres, still a new car
+      local km = tostring((tonumber(string.sub(body, s, e - 1)) + wraps) % 999000)
+      body = string.sub(body, 1, s - 1) .. km .. string.sub(body, e)
+    end
   elseif mode == "perturb" then
     if texts == nil then texts, kms = cut(bodies[1]) end
     body = perturbed(texts, kms, k + 1)  -- every car of request k: k+1 more kilometres
@@ -642,11 +655,14 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
             stack.enter_context(server(cmd, base_env, ready, workdir / "ceiling.log"))
         served = {name for name, _ in servers} | ({"mlflow", "ceiling"} & needed)
         scenarios = [sc for sc in chosen if sc[1] in served or sc[1] == ""]
-        # Each API worker loads its model in the background: warm until both answer.
+        # Each API worker loads its model in the background: warm until both answer. The
+        # warm-up's cars are in that server's cache: the measured streams start past them.
+        pids = {where: server_pids(ports[where]) for where in served}
+        offset = 0
         for name, _ in servers:
             url = f"http://127.0.0.1:{ports[name]}/v1/predict"
-            wrk(url, files["stream"], "cycle", args, offset=0, seconds=3, api_key=key)
-        offset = 5_000
+            warmed = wrk(url, files["stream"], "cycle", args, offset=0, seconds=3, api_key=key)
+            offset = max(offset, warmed["requests"] + 1000)
         for r in range(args.rounds):
             print(f"round {r + 1} of {args.rounds}", flush=True)
             results: dict[str, dict[str, Any]] = {}
@@ -662,7 +678,12 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
                 if warm:
                     wrk(url, files[bodies], mode, args, seconds=warm, api_key=credential)
                 # Uncached streams go on where the last one stopped: every car is new.
+                server_cpu, client_cpu = cpu_s(pids[where]), children_cpu_s()
                 result = wrk(url, files[bodies], mode, args, offset=offset, api_key=credential)
+                result |= {
+                    "server_cpu_us": (cpu_s(pids[where]) - server_cpu) / result["requests"] * 1e6,
+                    "client_cpu_us": (children_cpu_s() - client_cpu) / result["requests"] * 1e6,
+                }
                 if mode != "single":
                     offset += result["requests"] + 1000
                 results[name] = result | {
@@ -802,16 +823,19 @@ def _print(report: dict[str, Any]) -> None:
           f"{', '.join(f'{x:.1f}' for x in report['load_average'])}")  # fmt: skip
     header = (
         f"{'scenario':<42}{'req/s':>10}{'rows/s':>12}{'p50 ms':>10}{'p99 ms':>10}"
-        f"{'errors':>8}{'cached':>8}"
+        f"{'errors':>8}{'cached':>8}{'server us':>11}{'wrk us':>8}"
     )
     print(header)
     print("-" * len(header))
     for name, r in report["results"].items():
         errors = r.get("errors", "")
         cached = r.get("cached_responses", "")
+        cpu = ""
+        if "server_cpu_us" in r:
+            cpu = f"{r['server_cpu_us']:>11.0f}{r['client_cpu_us']:>8.0f}"
         print(
             f"{name:<42}{r['requests_per_s']:>10.1f}{r['rows_per_s']:>12.0f}"
-            f"{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{errors!s:>8}{cached!s:>8}"
+            f"{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{errors!s:>8}{cached!s:>8}{cpu}"
         )
     print()
     for name, value in report["ratios"].items():

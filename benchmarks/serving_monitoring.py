@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.hostile import _cpu_s, _workers
+from benchmarks.processes import cpu_s, server_pids
 from benchmarks.serving import (
     DEFAULT_URI,
     MODEL,
@@ -217,7 +217,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         nonlocal offset
         if kind == "cached":  # the one car cached first, outside the measured CPU
             wrk(url, single, "single", args, seconds=1, api_key=key)
-        before, db_before = _cpu_s(pids), _cpu_s(db_pids)
+        before, db_before = cpu_s(pids), cpu_s(db_pids)
         if kind == "cached":
             result = wrk(url, single, "single", args, api_key=key)
         elif kind == "uncached":
@@ -225,8 +225,8 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         else:
             result = wrk(f"{url}/batch", batch, "perturb", args, offset=offset, api_key=key)
         offset += result["requests"] + 1000
-        db_us = (_cpu_s(db_pids) - db_before) / max(1, result["requests"]) * 1e6
-        cpu_us = (_cpu_s(pids) - before) / max(1, result["requests"]) * 1e6 + db_us
+        db_us = (cpu_s(db_pids) - db_before) / max(1, result["requests"]) * 1e6
+        cpu_us = (cpu_s(pids) - before) / max(1, result["requests"]) * 1e6 + db_us
         value = result["requests_per_s"] * (1000 if kind == "batch" else 1)
         return result | {"value": value, "cpu_us_per_request": cpu_us, "db_cpu_us": db_us}
 
@@ -259,8 +259,8 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
                 # move, unlike throughput: off/on CPU is the throughput ratio of a CPU-bound server.
                 log_db = log_url.rsplit("/", 1)[1]
                 processes: dict[str, Callable[[], tuple[list[int], list[int]]]] = {
-                    "on": lambda: (_server_pids(on_port), _backends(log_db)),
-                    "off": lambda: (_server_pids(off_port), []),
+                    "on": lambda: (server_pids(on_port), _backends(log_db)),
+                    "off": lambda: (server_pids(off_port), []),
                 }
                 for url in sides.values():  # warm both workers of each
                     wrk(url, stream, "cycle", args, offset=offset, seconds=3, api_key=key)
@@ -393,14 +393,6 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['value']}")
     print(f"\nwritten to {args.out}")
     return 0 if all(t["met"] for t in report["targets"]) else 1
-
-
-def _server_pids(port: int) -> list[int]:
-    """The server this benchmark started on ``port`` (a child of this process) and its workers."""
-    for pid in _workers(os.getpid()):
-        if str(port).encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
-            return [pid, *_workers(pid)]
-    raise RuntimeError(f"no server of this benchmark on port {port}")
 
 
 def _backends(database: str) -> list[int]:
