@@ -35,7 +35,11 @@ def cpu_s(pids: list[int]) -> float:
     """CPU seconds the processes' live threads have run (schedstat: nanoseconds, exact)."""
     total = 0
     for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            continue  # a process that ended (a worker restarted)
+        for task in tasks:
             try:
                 total += int((task / "schedstat").read_text().split()[0])
             except (OSError, ValueError, IndexError):
