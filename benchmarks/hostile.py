@@ -45,8 +45,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from benchmarks import processes
-from benchmarks.processes import children_cpu_s, cpu_s
+from benchmarks.processes import children_cpu_s, cpu_s, workers
 from benchmarks.serving import (
     DEFAULT_URI,
     ROOT,
@@ -280,26 +279,26 @@ def phase(
     ]
     for p in procs:
         p.start()
-    workers = processes.workers(_server_pid(port))
-    rss_before = {w: _rss_mb(w) for w in workers}
+    pids = workers(_server_pid(port))
+    rss_before = {w: _rss_mb(w) for w in pids}
     peak = dict(rss_before)
     stop = threading.Event()
 
     def watch() -> None:
         while not stop.wait(0.2):
-            for w in workers:
+            for w in pids:
                 peak[w] = max(peak[w], _rss_mb(w))
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     url = f"http://127.0.0.1:{port}/v1/predict"
     go.wait(timeout=180)
-    server_cpu, started = cpu_s(workers), time.perf_counter()
+    server_cpu, started = cpu_s(pids), time.perf_counter()
     wrk_cpu = children_cpu_s()
     legit = wrk(url, stream, "cycle", args, offset=offset, seconds=seconds, api_key=key)
     wrk_cpu = children_cpu_s() - wrk_cpu
     results = [out.get(timeout=seconds + 120) for _ in procs]
-    server_cpu = cpu_s(workers) - server_cpu
+    server_cpu = cpu_s(pids) - server_cpu
     wall = time.perf_counter() - started
     for p in procs:
         p.join(30)
@@ -317,7 +316,7 @@ def phase(
         "probe_p50_ms": statistics.median(ordered),
         "probe_p99_ms": ordered[int(len(ordered) * 0.99)],
         "probe_max_ms": ordered[-1],
-        "rss_growth_mb": max(peak[w] - rss_before[w] for w in workers),
+        "rss_growth_mb": max(peak[w] - rss_before[w] for w in pids),
         "rss_before_mb": rss_before,
         "hostile_statuses": dict(statuses),
         "hostile_per_s": sum(statuses.values()) / seconds,
@@ -361,7 +360,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
     rounds = []
     with server(cmd, env, f"http://127.0.0.1:{port}/v2/health/ready", workdir / "api.log"):
         wrk(f"http://127.0.0.1:{port}/v1/predict", stream, "cycle", args, seconds=2, api_key=key)
-        costs = cost(port, key, processes.workers(_server_pid(port)), args.cost_requests)
+        costs = cost(port, key, workers(_server_pid(port)), args.cost_requests)
         print(f"idle: server CPU {costs['idle']['server_cpu_ms_per_s']:.1f} ms/s", flush=True)
         for kind, c in costs.items():
             if kind == "idle":

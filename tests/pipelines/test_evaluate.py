@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.contract import DataContract
+from pipelines.contract import CATEGORICAL, NUMERICAL, DataContract
 from pipelines.evaluate import (
     feature_importance,
     linear_baseline_mae,
@@ -57,8 +57,6 @@ def test_model_beats_linear_baseline_and_plots(
 def test_linear_baseline_is_the_least_squares_fit(listings: pd.DataFrame) -> None:
     """The baseline's sparse solve reaches the least-squares fit, computed here densely (its
     default tolerance, on unscaled kilometres, stopped 22 % short of it on the default data)."""
-    from pipelines.contract import CATEGORICAL, NUMERICAL
-
     train, test = listings.iloc[:2_400], listings.iloc[2_400:]
     x, y = split_xy(train)
     xt, yt = split_xy(test)
