@@ -30,9 +30,8 @@ from typing import Any
 
 import psycopg
 
-from benchmarks.processes import cpu_s
+from benchmarks.processes import PG_ADMIN, cpu_s
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 CAR: dict[str, Any] = {
     "brand": "Toyota", "model": "Corolla", "fuel_type": "Petrol", "transmission": "Manual",
     "body_type": "Sedan", "seller_type": "Dealer", "owner_type": "First", "color": "White",

@@ -6,6 +6,9 @@ import os
 import resource
 from pathlib import Path
 
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+"""The local PostgreSQL server's admin database (the benchmarks' databases are made from it)."""
+
 
 def workers(pid: int) -> list[int]:
     """The child processes of ``pid`` (uvicorn's workers: spawned interpreters), without
@@ -29,6 +32,16 @@ def server_pids(port: int) -> list[int]:
                 i += 1
             return tree
     raise RuntimeError(f"no server of this benchmark on port {port}")
+
+
+def database_backends(database: str) -> list[int]:
+    """The local PostgreSQL server's processes connected to ``database`` now (one per client
+    connection: the API workers' pools, the prediction log's writers)."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN) as admin:
+        query = "SELECT pid FROM pg_stat_activity WHERE datname = %s"
+        return [int(pid) for (pid,) in admin.execute(query, (database,))]
 
 
 def cpu_s(pids: list[int]) -> float:

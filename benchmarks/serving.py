@@ -27,10 +27,11 @@ over the rounds and each ratio's median over the rounds' ratios.
 The model is ``models:/car-price@production`` of ``MLFLOW_TRACKING_URI`` (default: the
 project's ``mlruns/mlflow.db``, run ``make train`` first), or with ``--temp-model`` one trained
 here with ``params.yaml``'s hyper-parameters into a temporary registry. Prints requests/s,
-rows/s, p50/p99, the CPU per request of the server (all its processes) and of ``wrk`` (which
-shares the cores: a bigger body costs the client too), the ratios and the issue's targets (exit
-status 1 if one is not met), and
-writes ``benchmarks/results/serving.json`` (medians and every round).
+rows/s, p50/p99, the CPU per request of the server (all its processes), of the Redis and the
+PostgreSQL backends it uses, and of ``wrk``: all of them share the cores (a bigger body costs
+the client too; every car priced is a Redis write and a logged row). Then the ratios and the
+issue's targets (exit status 1 if one is not met), and writes
+``benchmarks/results/serving.json`` (medians and every round).
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``), ``redis-server`` and PostgreSQL on
 127.0.0.1:5432 (``make services``; ``--sqlite`` / ``--cache-url`` / ``--no-redis`` otherwise).
@@ -60,7 +61,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from benchmarks.processes import children_cpu_s, cpu_s, server_pids
+from benchmarks.processes import children_cpu_s, cpu_s, database_backends, server_pids
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "serving.json"
@@ -524,8 +525,9 @@ def postgres_database() -> Iterator[str]:
 
 
 @contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """A private ``redis-server`` on a free port (no persistence) for the run; its URL."""
+def redis_server(workdir: Path) -> Iterator[tuple[str, int]]:
+    """A private ``redis-server`` on a free port (no persistence) for the run; its URL and
+    process id."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed: apt-get install -y redis-server")
@@ -541,7 +543,7 @@ def redis_server(workdir: Path) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start (see {workdir / 'redis.log'})")
             time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -619,8 +621,10 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
             database_url = stack.enter_context(postgres_database())
         key = api_key(api_env, workdir, venv_bin, database_url)
         cache_url = args.cache_url
+        redis_pids: list[int] = []  # the private Redis's (not one given by --cache-url)
         if cache_url is None and not args.no_redis:
-            cache_url = stack.enter_context(redis_server(workdir))
+            cache_url, redis_pid = stack.enter_context(redis_server(workdir))
+            redis_pids.append(redis_pid)
         hole = BlackHole()
         stack.callback(hole.close)
         outages = {
@@ -658,6 +662,10 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         # Each API worker loads its model in the background: warm until both answer. The
         # warm-up's cars are in that server's cache: the measured streams start past them.
         pids = {where: server_pids(ports[where]) for where in served}
+        # Beside the API's own CPU, what it costs the Redis and PostgreSQL it uses, which share
+        # these cores: the private Redis, and the backends of the API's database (users, keys
+        # and the prediction log), found once the API is up.
+        database = database_url.rsplit("/", 1)[1] if database_url else None
         offset = 0
         for name, _ in servers:
             url = f"http://127.0.0.1:{ports[name]}/v1/predict"
@@ -678,11 +686,20 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
                 if warm:
                     wrk(url, files[bodies], mode, args, seconds=warm, api_key=credential)
                 # Uncached streams go on where the last one stopped: every car is new.
+                uses = {"redis": redis_pids if where == "api" else [], "database": []}
+                if database and where not in ("mlflow", "ceiling"):
+                    uses["database"] = database_backends(database)
                 server_cpu, client_cpu = cpu_s(pids[where]), children_cpu_s()
+                used_cpu = {name: cpu_s(used) for name, used in uses.items()}
                 result = wrk(url, files[bodies], mode, args, offset=offset, api_key=credential)
+                per_request = 1e6 / max(1, result["requests"])
                 result |= {
-                    "server_cpu_us": (cpu_s(pids[where]) - server_cpu) / result["requests"] * 1e6,
-                    "client_cpu_us": (children_cpu_s() - client_cpu) / result["requests"] * 1e6,
+                    "server_cpu_us": (cpu_s(pids[where]) - server_cpu) * per_request,
+                    "client_cpu_us": (children_cpu_s() - client_cpu) * per_request,
+                    **{
+                        f"{name}_cpu_us": (cpu_s(uses[name]) - before) * per_request
+                        for name, before in used_cpu.items()
+                    },
                 }
                 if mode != "single":
                     offset += result["requests"] + 1000
@@ -823,7 +840,7 @@ def _print(report: dict[str, Any]) -> None:
           f"{', '.join(f'{x:.1f}' for x in report['load_average'])}")  # fmt: skip
     header = (
         f"{'scenario':<42}{'req/s':>10}{'rows/s':>12}{'p50 ms':>10}{'p99 ms':>10}"
-        f"{'errors':>8}{'cached':>8}{'server us':>11}{'wrk us':>8}"
+        f"{'errors':>8}{'cached':>8}{'server us':>11}{'redis us':>10}{'db us':>8}{'wrk us':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -832,7 +849,10 @@ def _print(report: dict[str, Any]) -> None:
         cached = r.get("cached_responses", "")
         cpu = ""
         if "server_cpu_us" in r:
-            cpu = f"{r['server_cpu_us']:>11.0f}{r['client_cpu_us']:>8.0f}"
+            cpu = (
+                f"{r['server_cpu_us']:>11.0f}{r['redis_cpu_us']:>10.0f}"
+                f"{r['database_cpu_us']:>8.0f}{r['client_cpu_us']:>8.0f}"
+            )
         print(
             f"{name:<42}{r['requests_per_s']:>10.1f}{r['rows_per_s']:>12.0f}"
             f"{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{errors!s:>8}{cached!s:>8}{cpu}"

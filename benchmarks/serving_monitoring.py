@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.processes import cpu_s, server_pids
+from benchmarks.processes import PG_ADMIN, cpu_s, database_backends, server_pids
 from benchmarks.serving import (
     DEFAULT_URI,
     MODEL,
@@ -75,7 +75,6 @@ from benchmarks.serving import (
 
 RESULTS = ROOT / "benchmarks" / "results" / "serving_monitoring.json"
 REDIS = "redis://127.0.0.1:6379/7"
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOADS = ("uncached", "cached", "batch")
 PARTS = (*LOADS, "exact", "drain", "unreachable")
 
@@ -259,7 +258,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
                 # move, unlike throughput: off/on CPU is the throughput ratio of a CPU-bound server.
                 log_db = log_url.rsplit("/", 1)[1]
                 processes: dict[str, Callable[[], tuple[list[int], list[int]]]] = {
-                    "on": lambda: (server_pids(on_port), _backends(log_db)),
+                    "on": lambda: (server_pids(on_port), database_backends(log_db)),
                     "off": lambda: (server_pids(off_port), []),
                 }
                 for url in sides.values():  # warm both workers of each
@@ -393,15 +392,6 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         print(f"{'MET ' if t['met'] else 'MISS'} {t['target']}: {t['value']}")
     print(f"\nwritten to {args.out}")
     return 0 if all(t["met"] for t in report["targets"]) else 1
-
-
-def _backends(database: str) -> list[int]:
-    """PostgreSQL's server processes connected to ``database`` (the log writers')."""
-    import psycopg
-
-    with psycopg.connect(PG_ADMIN) as admin:
-        query = "SELECT pid FROM pg_stat_activity WHERE datname = %s"
-        return [int(pid) for (pid,) in admin.execute(query, (database,))]
 
 
 def _ready(port: int) -> str:

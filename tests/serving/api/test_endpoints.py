@@ -81,8 +81,10 @@ def _v1_batches(rng: random.Random) -> Iterator[list[Any]]:
             roll = rng.random()
             if roll < 0.7:
                 car[name] = rng.choice(ODD)
-            elif roll < 0.85:
+            elif roll < 0.8:
                 del car[name]
+            elif roll < 0.9:  # renamed: as many keys as fields, one of them unknown
+                car["extra"] = car.pop(name)
             else:
                 car["extra"] = 1
         yield batch
