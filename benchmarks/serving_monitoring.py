@@ -7,8 +7,9 @@ API here runs ``carprice serve --workers 2`` with the Redis cache and Redis rate
 
 1. Overhead, side by side in one run: the API with the prediction log and the multiprocess
    metrics on (``carprice serve``, log in PostgreSQL) against the same API with both off
-   (``CARPRICE_PREDICTION_LOG=false``, run by ``uvicorn --workers 2`` without
-   ``PROMETHEUS_MULTIPROC_DIR``: per-process metrics, as before this issue). Loads (``wrk``,
+   (``CARPRICE_PREDICTION_LOG=false``, run by ``uvicorn --workers 2`` with carprice serve's
+   HTTP protocol, without ``PROMETHEUS_MULTIPROC_DIR``: per-process metrics, as before this
+   issue). Loads (``wrk``,
    32 connections): ``/v1/predict`` with distinct cars (uncached), one car (cached), and
    ``/v1/predict/batch`` with 1,000 distinct cars. The two sides alternate (ABBA) for
    ``--rounds`` rounds; each ratio is the median of the rounds' ratios. Targets: cached and
@@ -72,6 +73,7 @@ from benchmarks.serving import (
     write_lines,
     wrk,
 )
+from serving.cli.serve import HTTP_PROTOCOL
 
 RESULTS = ROOT / "benchmarks" / "results" / "serving_monitoring.json"
 REDIS = "redis://127.0.0.1:6379/7"
@@ -246,7 +248,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
                     sys.executable, "-m", "uvicorn", "serving.main:app", "--port", str(off_port),
                     "--workers", "2", "--no-access-log", "--no-server-header",
                     "--timeout-worker-healthcheck", "60",  # as carprice serve
-                    "--log-level", "warning",
+                    "--http", HTTP_PROTOCOL, "--log-level", "warning",
                 ]  # fmt: skip
                 stack.enter_context(server(off_cmd, off_env, _ready(off_port), workdir / "off.log"))
                 sides = {

@@ -15,6 +15,9 @@ from serving.cli.config import load_settings
 from serving.monitoring import logs
 from serving.settings import Settings
 
+HTTP_PROTOCOL = "serving.api.http:OneWriteHttpToolsProtocol"
+"""uvicorn's ``http`` of ``carprice serve`` (an import string: each worker imports it)."""
+
 
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -61,6 +64,7 @@ def _run(settings: Settings, host: str, port: int, workers: int) -> None:
         # its model missed it and was killed, over and over, never serving.
         timeout_worker_healthcheck=60,
         server_header=False,
+        http=HTTP_PROTOCOL,  # one write per response (serving.api.http)
     )
 
 
