@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.telemetry import TelemetryConfig
 from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import ValidationError
 from pydantic_settings.exceptions import SettingsError
@@ -65,6 +66,10 @@ async def _freeze_when_ready(models: ModelStore) -> None:
         pass
     gc.collect()
     gc.freeze()
+
+
+_NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+"""FastAPI's native OpenTelemetry off (``CARPRICE_OPENTELEMETRY=false``)."""
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -151,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         version=v2.server_version(),
         lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else _NO_TELEMETRY,
     )
     # On the app, not as a dependency override: FastAPI re-inspects every dependency of every
     # request while any override is set (~1 ms a request).

@@ -40,3 +40,12 @@ def test_the_heap_is_frozen_once_the_model_is_loaded(registry: ServingRegistry) 
         while any(o is estimator for o in gc.get_objects()):
             assert time.monotonic() < deadline, "the loaded model was never frozen"
             time.sleep(0.2)
+
+
+def test_fastapis_opentelemetry_is_off_unless_asked_for() -> None:
+    # Off, FastAPI's per-request check of the OTel providers is one look at its config.
+    off = create_app(make_settings(None))
+    assert not off._native_telemetry.enabled()
+    assert not any(off._telemetry[k] for k in ("tracing", "metrics", "logs"))
+    on = create_app(make_settings(None, opentelemetry=True))
+    assert all(on._telemetry[k] for k in ("tracing", "metrics", "logs"))
