@@ -242,12 +242,15 @@ class CompiledPipeline:
                 part = at[:k]
                 bin_of = np.take(flat, np.take(f.feature, part) + first)
                 at[:k] = np.take(f.child, part * f.width + bin_of)
-        # Sum in the booster's order, baseline then tree 1, 2, ...: cumsum is strictly
-        # sequential (sum() would pair terms and differ in the last bits).
+        # Sum in the booster's order, baseline then tree 1, 2, ...: NumPy adds along an axis
+        # that is not the fast one in memory term by term, in order (pairwise summation is only
+        # used along the fast axis, which differs in the last bits); with one car the rows are
+        # the fast axis, and cumsum is strictly sequential. (cumsum for 1,000 cars: 0.47 ms;
+        # sum: 0.02.)
         leaves = np.empty((len(f.roots) + 1, n), dtype=np.float64)
         leaves[0] = f.baseline
         leaves[1:] = np.take(f.value, at[f.order])
-        raw: np.ndarray = leaves.cumsum(axis=0)[-1]
+        raw: np.ndarray = leaves.sum(axis=0) if n > 1 else leaves.cumsum(axis=0)[-1]
         return raw
 
     def binned(self, x: np.ndarray) -> np.ndarray:
