@@ -2,9 +2,10 @@
 
 uvicorn writes a response's status line and headers to the socket when the app sends
 ``http.response.start`` and its body when the app sends the body: two ``send`` system calls
-and two TCP segments for every answer, however small. On loopback a segment's sender also does
-the receiver's TCP work, so for a cached one-car prediction the second write cost about as much
-as the app's own work on it. :class:`OneWriteHttpToolsProtocol` hands uvicorn a transport whose
+and two TCP segments for every answer, however small (on loopback a segment's sender also does
+the receiver's TCP work): measured under load, a cached one-car prediction cost the server 128 us
+of CPU that way and 113 us in one write, and the client 28 against 16 us.
+:class:`OneWriteHttpToolsProtocol` hands uvicorn a transport whose
 writes of one event-loop turn are joined and sent together at the end of that turn (the fast
 lane sends both parts in one turn): one ``send``, one segment. Anything that ends or hands over
 the connection (close, abort, an upgrade) sends what is pending first, so no byte is lost or
