@@ -664,7 +664,7 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
         pids = {where: server_pids(ports[where]) for where in served}
         # Beside the API's own CPU, what it costs the Redis and PostgreSQL it uses, which share
         # these cores: the private Redis, and the backends of the API's database (users, keys
-        # and the prediction log), found once the API is up.
+        # and the prediction log), looked up before each measurement.
         database = database_url.rsplit("/", 1)[1] if database_url else None
         offset = 0
         for name, _ in servers:

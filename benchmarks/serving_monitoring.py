@@ -5,19 +5,18 @@ Run ``python -m benchmarks.serving_monitoring`` (``make bench-monitoring``, ~6 m
 API here runs ``carprice serve --workers 2`` with the Redis cache and Redis rate limits on
 (Redis DB 7 on 127.0.0.1:6379, emptied first) and a fresh PostgreSQL database for the log.
 
-1. Overhead, side by side in one run: the API with the prediction log and the multiprocess
-   metrics on (``carprice serve``, log in PostgreSQL) against the same API with both off
-   (``CARPRICE_PREDICTION_LOG=false``, run by ``uvicorn --workers 2`` with carprice serve's
-   HTTP protocol, without ``PROMETHEUS_MULTIPROC_DIR``: per-process metrics, as before this
-   issue). Loads (``wrk``,
-   32 connections): ``/v1/predict`` with distinct cars (uncached), one car (cached), and
-   ``/v1/predict/batch`` with 1,000 distinct cars. The two sides alternate (ABBA) for
+1. Overhead, side by side in one run: the API with the prediction log and the multiprocess metrics
+   on (``carprice serve``, log in PostgreSQL) against the same API with both off
+   (``CARPRICE_PREDICTION_LOG=false``, run by ``uvicorn --workers 2`` with carprice serve's HTTP
+   protocol, without ``PROMETHEUS_MULTIPROC_DIR``: per-process metrics, as before this issue).
+   Loads (``wrk``, 32 connections): ``/v1/predict`` with distinct cars (uncached), one car
+   (cached), and ``/v1/predict/batch`` with 1,000 distinct cars. The two sides alternate (ABBA) for
    ``--rounds`` rounds; each ratio is the median of the rounds' ratios. Targets: cached and
-   uncached >= 95 %, batches >= 90 %. Beside each throughput, the CPU per request of each
-   side (its server processes; for "on" also PostgreSQL's backends of the log database) and
-   their off/on ratio: on a shared machine other jobs move throughput a lot and CPU per
-   request little. Also the off/on CPU ratio of the API processes alone (without
-   PostgreSQL's): the overhead where the log database has cores of its own.
+   uncached >= 95 %, batches >= 90 %. Beside each throughput, the CPU per request of each side (its
+   server processes; for "on" also PostgreSQL's backends of the log database) and their off/on
+   ratio: on a shared machine other jobs move throughput a lot and CPU per request little. Also the
+   off/on CPU ratio of the API processes alone (without PostgreSQL's): the overhead where the log
+   database has cores of its own.
 2. SIGTERM drain: 20 concurrent clients send uncached ``/v1/predict`` for ``--drain-seconds``
    (15) seconds, each request with its own ``X-Request-ID``; then SIGTERM. Target: the set of
    ids answered 200 equals the set of logged ids, none twice.
