@@ -18,6 +18,7 @@ from serving.inference.cache import (
     TieredCache,
     build_cache,
     cache_key,
+    quiet_setex,
 )
 from serving.inference.cars import Cars
 from serving.inference.features import make_row
@@ -176,33 +177,85 @@ class Spy:
         return call
 
 
-def test_redis_stores_prices_with_the_ttl_and_batches_in_one_round_trip(
+def _command_calls(client: redis.Redis[bytes], command: str) -> int:
+    stats: dict[str, Any] = client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_redis_stores_prices_with_the_ttl_in_one_pipeline_without_replies(
     redis_db: redis.Redis[bytes], redis_namespace: str
 ) -> None:
+    # commandstats counts the whole server's commands: other tests' may land between, never
+    # fewer; the pipeline's own replies are what must be missing.
+    setex = _command_calls(redis_db, "setex")
+
     async def scenario() -> None:
         cache = _redis_cache(REDIS_URL, timeout=2)
         spy = Spy(cache._redis)
         cache._redis = spy
-        script = cache._set_script
-
-        def counted_script(**kwargs: Any) -> Any:
-            spy.calls.append("set script")
-            return script(**kwargs)
-
-        cache._set_script = counted_script
+        pool = spy.inner.connection_pool
+        scripted: list[Any] = []
+        cache._set_script = lambda **kwargs: scripted.append(kwargs)
         keys = [f"{redis_namespace}{i}" for i in range(500)]
         await cache.set_many(dict.fromkeys(keys[:10], 0.5))
         await cache.set_many({k: i + 0.25 for i, k in enumerate(keys)})  # the same turn
         assert spy.calls == []  # written behind the caller
         await cache.drain()
+        assert cache._quiet_writes
+        assert scripted == []
+        (connection,) = pool._available_connections  # one connection, kept for reuse
+        assert not await connection.can_read()  # no reply left unread on it
         got = await cache.get_many([*keys, f"{redis_namespace}missing"])
         assert got == [i + 0.25 for i in range(500)] + [None]
-        assert spy.calls == ["set script", "mget"]  # one script call, one MGET
+        assert spy.calls == ["mget"]  # the writes never went through a command of the client
+        assert pool._available_connections == [connection]
         await cache.aclose()
 
     run(scenario())
     ttl = redis_db.ttl(f"{redis_namespace}0")
     assert 55 <= ttl <= 60
+    assert _command_calls(redis_db, "setex") - setex >= 500
+
+
+def test_quiet_setex_is_the_resp_of_the_commands_between_reply_off_and_on() -> None:
+    import hiredis
+
+    items = {"ns:car-price:3:ab": 12345.5, "ns:é:1:cd": 0.1 + 0.2}  # a non-ASCII key
+    want = b"".join(
+        [
+            hiredis.pack_command(("CLIENT", "REPLY", "OFF")),
+            *(hiredis.pack_command(("SETEX", k, "60", repr(v))) for k, v in items.items()),
+            hiredis.pack_command(("CLIENT", "REPLY", "ON")),
+        ]
+    )
+    assert quiet_setex(items, 60) == want
+
+
+def test_a_redis_refusing_client_reply_gets_the_prices_by_script(
+    redis_db: redis.Redis[bytes], redis_namespace: str
+) -> None:
+    user = f"carprice-test-{redis_namespace.strip(':').replace(':', '-')}"
+    redis_db.acl_setuser(user, enabled=True, nopass=True, keys=["*"], commands=["+@all", "-client"])
+    url = REDIS_URL.replace("redis://", f"redis://{user}:unused@")
+    try:
+
+        async def scenario() -> None:
+            cache = _redis_cache(url, timeout=2)
+            keys = [f"{redis_namespace}{i}" for i in range(50)]
+            await cache.set_many({k: i + 0.5 for i, k in enumerate(keys[:25])})
+            await cache.drain()
+            assert not cache._quiet_writes  # refused once, then by script
+            await cache.set_many({k: i + 0.5 for i, k in enumerate(keys) if i >= 25})
+            await cache.drain()
+            assert await cache.get_many(keys) == [i + 0.5 for i in range(50)]
+            assert cache.breaker.state == "closed"
+            await cache.aclose()
+
+        run(scenario())
+    finally:
+        redis_db.acl_deluser(user)
+    assert 55 <= redis_db.ttl(f"{redis_namespace}0") <= 60
+    assert 55 <= redis_db.ttl(f"{redis_namespace}49") <= 60
 
 
 def test_reads_of_one_event_loop_turn_share_one_mget(
